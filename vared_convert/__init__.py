@@ -1,0 +1,1 @@
+"""vared: input-dependent (VA-RED²) video models from any pretrained 3D CNN."""

@@ -1,0 +1,56 @@
+"""Switching every dynamic conv of a model at once: forcing options, random warm-up, temperature."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from torch import nn
+
+from .dynamic_conv import DynamicConv3d, Policy, channel_count
+
+__all__ = ["dynamic_convs", "set_policy", "forced_policy", "set_temperature", "option_index"]
+
+
+def dynamic_convs(model: nn.Module) -> list[tuple[str, DynamicConv3d]]:
+    """Every :class:`DynamicConv3d` of ``model`` with its qualified name, in registration order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, DynamicConv3d)]
+
+
+def option_index(layer: DynamicConv3d, temporal: int, channel_ratio: float) -> int:
+    """The index of option ``(temporal, channel_ratio)`` in ``layer``.
+
+    A layer that lacks the temporal factor (too few frames) falls back to the same channel ratio at full
+    frame rate; one that lacks the channel ratio (a grouped conv) to the same factor with every channel.
+    """
+    k = channel_count(channel_ratio, layer.out_channels)
+    wanted = [(temporal, k), (1, k), (temporal, layer.out_channels), (1, layer.out_channels)]
+    index = {(o.temporal, o.channels): i for i, o in enumerate(layer.options)}
+    return next(index[w] for w in wanted if w in index)
+
+
+def set_policy(model: nn.Module, policy: Policy | tuple[int, float]) -> None:
+    """Set how every dynamic conv decides: ``None`` (its gate), ``"random"``, or ``(temporal, channel_ratio)``."""
+    for _, layer in dynamic_convs(model):
+        if isinstance(policy, tuple):
+            layer.policy = option_index(layer, *policy)
+        else:
+            layer.policy = policy
+
+
+@contextlib.contextmanager
+def forced_policy(model: nn.Module, policy: Policy | tuple[int, float]) -> Iterator[nn.Module]:
+    """Temporarily set every layer's policy (e.g. ``(1, 1.0)``: the full path, i.e. the original model)."""
+    saved = [(layer, layer.policy) for _, layer in dynamic_convs(model)]
+    set_policy(model, policy)
+    try:
+        yield model
+    finally:
+        for layer, policy_before in saved:
+            layer.policy = policy_before
+
+
+def set_temperature(model: nn.Module, temperature: float) -> None:
+    """Set the Gumbel-softmax temperature of every gate."""
+    for _, layer in dynamic_convs(model):
+        layer.temperature = temperature
