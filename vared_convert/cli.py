@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
+from . import __version__
 from .errors import VaredError
 
 app = typer.Typer(
@@ -15,15 +20,146 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
 )
 console = Console()
 err_console = Console(stderr=True)
 
 
-def fail(message: str, code: int = 1) -> None:
-    """Print a one-line error and exit non-zero."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+# ---------------------------------------------------------------------------------------------- parsing helpers
+def parse_ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise VaredError(f"{what}: expected comma-separated integers, got {text!r}") from None
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise VaredError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+
+
+def read_class_names(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise VaredError(f"--classes {path}: no such file")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise VaredError(f"--classes {path}: no class names in it (one per line)")
+    return names
+
+
+def print_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def fmt_shape(shape) -> str:
+    return "×".join(str(s) for s in shape)
+
+
+def fmt_options(options: list[list[int]], out_channels: int) -> str:
+    """``R 1,2 · r 1,.5,.25``: the temporal factors and channel ratios a layer offers."""
+    factors = sorted({r for r, _ in options})
+    ratios = sorted({k / out_channels for _, k in options}, reverse=True)
+    return f"R {','.join(map(str, factors))} · r {','.join(f'{x:.3g}'.removeprefix('0') for x in ratios)}"
+
+
+def fmt_conv(kernel, in_channels: int, out_channels: int, groups: int) -> str:
+    kind = " dw" if groups == in_channels == out_channels and groups > 1 else (f" g{groups}" if groups > 1 else "")
+    return f"{fmt_shape(kernel)} {in_channels}→{out_channels}{kind}"
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """Make video models cheaper to run: input-dependent (VA-RED²) convolutions for any pretrained 3D CNN."""
+    if version:
+        console.print(f"vared {__version__}")
+        raise typer.Exit()
+
+
+# ---------------------------------------------------------------------------------------------- convert
+@app.command()
+def convert(
+    checkpoint: Annotated[Path, typer.Argument(help="Pretrained weights: a state_dict .pth/.pt (wrappers and "
+                                               "'module.' prefixes are fine) or .safetensors.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the adaptive model (.pth).")],
+    arch: Annotated[str, typer.Option("--arch", "-a", help="torchvision:r3d_18, pytorchvideo:x3d_m, or "
+                                      "module.path:factory for your own network.")],
+    num_classes: Annotated[Optional[int], typer.Option(help="Classifier size, when it differs from the "
+                                                       "architecture's default.")] = None,
+    input_shape: Annotated[Optional[str], typer.Option(help="Clip shape C,T,H,W for analysis and verification "
+                                                       "[default: the architecture's usual clip].")] = None,
+    temporal: Annotated[str, typer.Option(help="Temporal stride factors R to offer (1 = every frame).")] = "1,2",
+    channel: Annotated[str, typer.Option(help="Output-channel ratios r to offer (1 = every channel).")] = "1,0.5,0.25",
+    skip: Annotated[list[str], typer.Option(help="Keep matching convs static (fnmatch pattern or module "
+                                            "prefix; repeatable).")] = [],
+    only: Annotated[list[str], typer.Option(help="Convert only matching convs, overriding the stem and cost "
+                                            "rules (repeatable).")] = [],
+    min_share: Annotated[float, typer.Option(help="Convs under this share of the model's FLOPs stay static.")] = 0.002,
+    convert_stem: Annotated[bool, typer.Option(help="Also convert convs that read the input clip.")] = False,
+    classes: Annotated[Optional[Path], typer.Option(help="Text file with the class names, one per line.")] = None,
+    trust_pickle: Annotated[bool, typer.Option(help="Allow a checkpoint that holds pickled Python objects "
+                                               "(runs code from the file: only for sources you trust).")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite OUT if it exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of tables.")] = False,
+) -> None:
+    """Rewrite a pretrained 3D CNN into its adaptive form and verify that the full path equals the original."""
+    from .api import convert_checkpoint
+
+    shape = parse_ints(input_shape, "--input-shape") if input_shape else None
+    status = err_console.status("analysing, converting and verifying ...") if not as_json else None
+    if status:
+        status.start()
+    try:
+        result = convert_checkpoint(
+            checkpoint, out, arch,
+            num_classes=num_classes, input_shape=shape,
+            temporal=parse_ints(temporal, "--temporal"), channel=parse_floats(channel, "--channel"),
+            only=only, skip=skip, min_flops_share=min_share, convert_stem=convert_stem,
+            class_names=read_class_names(classes), trust_pickle=trust_pickle, force=force,
+        )
+    finally:
+        if status:
+            status.stop()
+    report = result.report
+    if as_json:
+        print_json({**report.to_dict(), "out": str(out)})
+        return
+
+    adaptive = Table(title=f"Adaptive convolutions ({len(report.converted)})", title_justify="left")
+    adaptive.add_column("layer", no_wrap=True)
+    adaptive.add_column("conv", no_wrap=True)
+    adaptive.add_column("input C×T×H×W", no_wrap=True)
+    adaptive.add_column("options")
+    adaptive.add_column("share", justify="right", no_wrap=True, min_width=6)
+    for d in report.converted:
+        adaptive.add_row(d.name, fmt_conv(d.kernel, d.in_channels, d.out_channels, d.groups),
+                         fmt_shape(d.input_shape), fmt_options(d.options, d.out_channels), f"{100 * d.share:.1f}%")
+    console.print(adaptive)
+    static = Table(title=f"Left static ({len(report.static)})", title_justify="left")
+    static.add_column("layer", no_wrap=True)
+    static.add_column("share", justify="right")
+    static.add_column("why")
+    for d in report.static:
+        static.add_row(d.name, f"{100 * d.share:.2f}%", d.reason)
+    console.print(static)
+    if report.trace_failure:
+        console.print(f"[yellow]note:[/] {report.trace_failure}; analysed with forward hooks and converted in place")
+    console.print(
+        f"{len(report.converted)} of {len(report.layers)} convs adaptive, holding "
+        f"{100 * report.converted_flops_share:.1f}% of the model's {report.original_macs / 1e9:.2f} GFLOPs "
+        f"(clip {fmt_shape(report.input_shape)}; FLOPs = multiply-adds)"
+    )
+    console.print(
+        f"[green]✓ verified[/]: with every gate forced to the full option the outputs equal the original's "
+        f"(max abs difference {report.max_abs_error:.2g})"
+    )
+    console.print(f"wrote {out}")
 
 
 def main() -> None:

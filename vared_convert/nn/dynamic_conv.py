@@ -70,8 +70,11 @@ class DynamicConv3d(nn.Module):
     ):
         super().__init__()
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = tuple(kernel_size)
-        self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
+        # plain ints (some builders pass numpy integers, which must not leak into saved recipes)
+        self.kernel_size = tuple(int(k) for k in kernel_size)
+        self.stride = tuple(int(s) for s in stride)
+        self.padding = tuple(int(p) for p in padding)
+        self.dilation = tuple(int(d) for d in dilation)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
 

@@ -1,0 +1,155 @@
+"""Conversion: invariant 1 on every supported architecture, saved files that reload exactly, and the rules."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from models_for_tests import tiny, untraceable
+from vared_convert.arch import ArchSpec, build_model
+from vared_convert.checkpoint import load_model, save_model
+from vared_convert.convert import convert
+from vared_convert.errors import VaredError
+from vared_convert.nn import DynamicConv3d, dynamic_convs, forced_policy
+
+ARCHS = {
+    "torchvision:r3d_18": (3, 8, 64, 64),
+    "torchvision:mc3_18": (3, 8, 64, 64),
+    "torchvision:r2plus1d_18": (3, 8, 64, 64),
+    "torchvision:s3d": (3, 16, 224, 224),  # S3D's fixed 2×7×7 head pool needs its native spatial size
+    "pytorchvideo:i3d_r50": (3, 8, 64, 64),
+    "pytorchvideo:slow_r50": (3, 8, 64, 64),
+    "pytorchvideo:c2d_r50": (3, 8, 64, 64),
+    "pytorchvideo:x3d_xs": (3, 4, 64, 64),
+    "pytorchvideo:x3d_s": (3, 8, 64, 64),
+    "pytorchvideo:x3d_m": (3, 8, 64, 64),
+    "pytorchvideo:x3d_l": (3, 8, 64, 64),
+    "pytorchvideo:r2plus1d_r50": (3, 8, 64, 64),
+    "pytorchvideo:csn_r101": (3, 8, 64, 64),
+    "pytorchvideo:slowfast_r50": (3, 16, 64, 64),
+}
+
+
+def _randomise_gates(model: torch.nn.Module) -> None:
+    """Give every gate random weights so decisions differ between videos and layers."""
+    with torch.no_grad():
+        for _, layer in dynamic_convs(model):
+            layer.gate.fc2.weight.normal_(0, 5.0)
+            layer.gate.fc2.bias.normal_(0, 1.0)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_architecture_converts_exactly_and_reloads(arch, tmp_path):
+    shape = ARCHS[arch]
+    original = build_model(ArchSpec(arch, num_classes=5))
+    before = copy.deepcopy(original.state_dict())
+    result = convert(original, shape, arch=ArchSpec(arch, num_classes=5))
+    report = result.report
+
+    # Invariant 1: the full path is the original model.
+    assert report.max_abs_error is not None and report.max_abs_error <= 1e-5
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        expected = original(x)
+        with forced_policy(result.model, (1, 1.0)):
+            torch.testing.assert_close(result.model(x), expected, rtol=0, atol=1e-5)
+        # a fresh gate prefers the full option, so the converted model behaves as the original
+        torch.testing.assert_close(result.model(x), expected, rtol=0, atol=1e-5)
+
+    assert len(report.converted) > 0 and 0.5 < report.converted_flops_share <= 1.0
+    assert all(isinstance(result.model.get_submodule(d.name), DynamicConv3d) for d in report.converted)
+    # every original key survives, with the same values; the original model is untouched
+    converted_sd = result.model.state_dict()
+    for key, value in before.items():
+        assert torch.equal(converted_sd[key], value), key
+        assert torch.equal(original.state_dict()[key], value), key
+    assert not any(isinstance(m, DynamicConv3d) for m in original.modules())
+
+    # Saved file: plain data + tensors, loads with weights_only=True, rebuilds the same model.
+    _randomise_gates(result.model)
+    path = save_model(result.model, tmp_path / "model.pth")
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "vared" and raw["arch"]["name"] == arch
+    reloaded = load_model(path)
+    with torch.no_grad():
+        y_a, y_b = result.model(x), reloaded(x)
+        choices = [layer.last_choice.tolist() for _, layer in dynamic_convs(reloaded)]
+        torch.testing.assert_close(y_b, y_a, rtol=0, atol=0)
+        with forced_policy(result.model, (2, 0.5)), forced_policy(reloaded, (2, 0.5)):
+            torch.testing.assert_close(reloaded(x), result.model(x), rtol=0, atol=0)
+    assert any(any(c) for c in choices), "random gates should pick non-full options somewhere"
+
+
+def test_slowfast_is_converted_in_place_and_says_where_fx_stopped():
+    model = build_model(ArchSpec("pytorchvideo:slowfast_r50", num_classes=5))
+    report = convert(model, (3, 16, 64, 64)).report
+    assert report.analysis == "hooks"
+    assert "blocks.5" in report.trace_failure  # the module that stopped the trace
+    stems = [d for d in report.static if d.reason.startswith("stem")]
+    assert {d.name for d in stems} == {"blocks.0.multipathway_blocks.0.conv", "blocks.0.multipathway_blocks.1.conv"}
+
+
+def test_untraceable_user_model_names_the_module_and_still_converts():
+    model = untraceable()
+    result = convert(model, (3, 4, 16, 16), only=["body.conv"])
+    assert result.report.analysis == "hooks"
+    assert "'body'" in result.report.trace_failure
+    assert [d.name for d in result.report.converted] == ["body.conv"]
+    assert result.report.max_abs_error <= 1e-5
+
+
+def test_rules_stem_cheap_skip_only():
+    model = tiny()
+    report = convert(model, (3, 8, 32, 32)).report
+    reasons = {d.name: d.reason for d in report.static}
+    assert reasons["stem.0"].startswith("stem")
+    converted = {d.name for d in report.converted}
+    assert {"layer1.conv1", "layer2.conv2", "layer3.conv1"} <= converted
+
+    report = convert(model, (3, 8, 32, 32), skip=["layer2"]).report
+    assert not any(d.name.startswith("layer2.") for d in report.converted)
+    assert "skipped by --skip layer2" in {d.reason for d in report.static}
+
+    report = convert(model, (3, 8, 32, 32), only=["stem.0", "layer3.conv*"]).report
+    assert {d.name for d in report.converted} == {"stem.0", "layer3.conv1", "layer3.conv2"}
+
+    report = convert(model, (3, 8, 32, 32), min_flops_share=0.2).report
+    assert all("too cheap" in d.reason or d.reason.startswith("stem") for d in report.static)
+    assert all(d.share >= 0.2 for d in report.converted)
+
+    with pytest.raises(VaredError, match="selects no convertible conv"):
+        convert(model, (3, 8, 32, 32), only=["nothing.here"])
+
+
+def test_search_space_is_configurable_and_options_follow_shapes():
+    model = tiny()
+    result = convert(model, (3, 2, 32, 32), temporal=[1, 2, 4], channel=[1, 0.5])
+    for d in result.report.converted:
+        frames = d.output_shape[1]
+        factors = {r for r, _ in d.options}
+        ks = {k for _, k in d.options}
+        assert ks <= {d.out_channels, d.out_channels // 2}
+        if frames == 1:
+            assert factors == {1}
+        else:  # 2 output frames: R=2 and R=4 would compute the same single frame; only one is offered
+            assert factors == {1, 2}
+    with pytest.raises(VaredError, match="--temporal"):
+        convert(model, (3, 8, 32, 32), temporal=[2])
+    with pytest.raises(VaredError, match="--channel"):
+        convert(model, (3, 8, 32, 32), channel=[0.5, 1.5])
+
+
+def test_bad_models_and_shapes():
+    with pytest.raises(VaredError, match="no Conv3d"):
+        convert(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3)), (3, 2, 4, 4))
+    with pytest.raises(VaredError, match="input-shape"):
+        convert(tiny(), None)
+    with pytest.raises(VaredError, match="C,T,H,W"):
+        convert(tiny(), (3, 8, 32))
+    converted = convert(tiny(), (3, 8, 32, 32)).model
+    with pytest.raises(VaredError, match="already converted"):
+        convert(converted, (3, 8, 32, 32))
+    with pytest.raises(VaredError, match="does not run on a clip"):
+        convert(untraceable(), (5, 4, 16, 16))

@@ -1,0 +1,220 @@
+"""Reading the checkpoints people hold, and the safe self-describing format vared writes.
+
+Inputs: a plain ``state_dict``; the usual wrappers (``state_dict``, ``model_state``, ``model``, ``module``,
+``state_dict_ema``) and prefixes (``module.``, ``_orig_mod.``); ``.safetensors``. Everything loads with
+``torch.load(weights_only=True)``; a pickled whole model only with ``trust_pickle=True``.
+
+Output: a dict of plain data and tensors (loads with ``weights_only=True``)::
+
+    {"format": "vared", "format_version": 1, "arch": {...}, "recipe": {...} | None,
+     "class_names": [...] | None, "state_dict": {...}}
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .arch import ArchSpec, build_model
+from .errors import VaredError
+from .files import atomic_output
+from .recipe import ModelInfo, Recipe, apply_recipe, model_info
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "read_checkpoint",
+    "extract_state_dict",
+    "load_weights",
+    "load_model",
+    "save_model",
+]
+
+FORMAT, FORMAT_VERSION = "vared", 1
+WRAPPER_KEYS = ("state_dict", "model_state", "model", "module", "net", "state_dict_ema", "model_ema")
+STRIPPED_PREFIXES = ("module.", "_orig_mod.")
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def _describe_pickle_refusal(exc: Exception) -> str:
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    what = f" (it references {found.group(1)})" if found else ""
+    return (
+        f"holds pickled Python objects{what}, which could run code when loaded; "
+        "if you trust its source, rerun with --trust-pickle"
+    )
+
+
+def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
+    """Load a checkpoint file's raw content safely; every failure becomes a one-line :class:`VaredError`."""
+    path = Path(path)
+    if not path.exists():
+        raise VaredError(f"{path}: no such file")
+    if path.is_dir():
+        raise VaredError(f"{path}: is a directory, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise VaredError(f"{path}: empty file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise VaredError(f"{path}: not a readable .safetensors file ({_first_line(exc)})") from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc) and _is_pickle_or_torch_zip(path):
+            raise VaredError(f"{path}: {_describe_pickle_refusal(exc)}") from exc
+        raise VaredError(f"{path}: not a PyTorch checkpoint ({_first_line(exc)})") from exc
+    except Exception as exc:  # garbage bytes make the unpickler fail in many ways; all mean the same to a user
+        raise VaredError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({_first_line(exc)})") from exc
+
+
+def _is_pickle_or_torch_zip(path: Path) -> bool:
+    """True for files that are a pickle (protocol >= 2) or torch.save's zip: what the safe loader refused."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    return head[:1] == b"\x80" or head == b"PK"
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) for k in obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def _strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    sd = dict(state_dict)
+    changed = True
+    while changed:
+        changed = False
+        for prefix in STRIPPED_PREFIXES:
+            if all(k.startswith(prefix) for k in sd):
+                sd = {k[len(prefix) :]: v for k, v in sd.items()}
+                changed = True
+    return sd
+
+
+def extract_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], str]:
+    """Find the weights in a loaded checkpoint; returns ``(state_dict, where)`` with prefixes stripped."""
+    if isinstance(obj, nn.Module):
+        return _strip_prefixes(obj.state_dict()), "pickled model"
+    if _is_state_dict(obj):
+        return _strip_prefixes(obj), "state_dict"
+    if isinstance(obj, Mapping):
+        for key in WRAPPER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, nn.Module):
+                return _strip_prefixes(inner.state_dict()), f"[{key!r}] (pickled model)"
+            if _is_state_dict(inner):
+                return _strip_prefixes(inner), f"[{key!r}]"
+        keys = ", ".join(repr(k) for k in list(obj)[:8])
+        raise VaredError(f"no weights found: top-level keys are {keys}; expected a state_dict or one of {WRAPPER_KEYS}")
+    raise VaredError(f"no weights found: the file holds a {type(obj).__name__}, not a state_dict")
+
+
+def _listing(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch_name: str = "the model") -> None:
+    """Load ``state_dict`` strictly, explaining mismatches (first keys and counts) in one line."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong_shape = [k for k in state_dict if k in own and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({_listing(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({_listing(unexpected)})")
+    if wrong_shape:
+        k = wrong_shape[0]
+        hint = ""
+        ckpt_shape, own_shape = tuple(state_dict[k].shape), tuple(own[k].shape)
+        if len(ckpt_shape) in (1, 2) and ckpt_shape[1:] == own_shape[1:]:
+            hint = f"; if that is the classifier, pass --num-classes {ckpt_shape[0]}"
+        problems.append(
+            f"{len(wrong_shape)} keys with another shape ({k}: {ckpt_shape} in the checkpoint, {own_shape} in "
+            f"the model{hint})"
+        )
+    if problems:
+        raise VaredError(f"checkpoint does not fit {arch_name}: " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=False)
+
+
+# ---------------------------------------------------------------------------------------------- vared format
+def is_vared_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and obj.get("format") == FORMAT
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, force: bool = False) -> Path:
+    """Write ``model`` (with its :class:`ModelInfo`) atomically in the self-describing vared format."""
+    info = model_info(model)
+    if info is None:
+        raise VaredError("the model carries no vared info (arch, recipe); build it with convert() or load_model()")
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": info.arch.to_dict(),
+        "recipe": info.recipe.to_dict() if info.recipe is not None else None,
+        "class_names": list(info.class_names) if info.class_names else None,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    with atomic_output(path, force) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_model(
+    path: str | os.PathLike,
+    arch: str | ArchSpec | None = None,
+    num_classes: int | None = None,
+    trust_pickle: bool = False,
+    class_names: list[str] | None = None,
+) -> nn.Module:
+    """Rebuild a model from a checkpoint, in eval mode, with its :class:`ModelInfo` as ``model.vared_info``.
+
+    A vared checkpoint describes itself. Any other checkpoint needs ``arch`` (and ``num_classes`` when the head
+    differs from the architecture's default); the result is then the plain, unconverted network.
+    """
+    raw = read_checkpoint(path, trust_pickle=trust_pickle)
+    if is_vared_checkpoint(raw):
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise VaredError(f"{path}: vared format version {version} is not supported (this vared reads 1)")
+        spec = ArchSpec.from_dict(raw["arch"])
+        recipe = Recipe.from_dict(raw["recipe"]) if raw.get("recipe") else None
+        model = build_model(spec)
+        if recipe is not None:
+            apply_recipe(model, recipe)
+        load_weights(model, raw["state_dict"], spec.name)
+        info = ModelInfo(spec, recipe, raw.get("class_names") or class_names)
+    else:
+        if arch is None:
+            raise VaredError(f"{path}: a plain checkpoint; say which network it is with --arch (e.g. torchvision:r3d_18)")
+        spec = arch if isinstance(arch, ArchSpec) else ArchSpec(arch, num_classes)
+        state_dict, _ = extract_state_dict(raw)
+        model = build_model(spec)
+        load_weights(model, state_dict, spec.name)
+        names = class_names or (raw.get("class_names") if isinstance(raw, Mapping) else None)
+        info = ModelInfo(spec, None, list(names) if names else None)
+    model.vared_info = info
+    return model.eval()

@@ -1,0 +1,441 @@
+"""Turning a pretrained 3D CNN into its adaptive (VA-RED²) form, and proving the conversion exact.
+
+1. **Analyse** with torch.fx: trace the model, propagate the clip's shape through the graph, and find every
+   ``Conv3d`` call site with its input and output shapes and whether a conv precedes it (the stem reads the
+   clip). A model that fx cannot trace (Python control flow on values, list inputs as in SlowFast) is analysed
+   with forward hooks instead, and the report names the module that stopped the trace.
+2. **Decide** per conv with explicit, overridable rules (``only``/``skip`` patterns, stem, cost share, gate
+   overhead, which options make sense for its shape and grouping).
+3. **Rewrite**: each chosen call site's module is replaced by a :class:`DynamicConv3d` that shares its weight
+   and bias under the same names, so every original state_dict key survives.
+4. **Verify**: with every gate forced to the full option the converted model must reproduce the original.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .arch import ArchSpec, default_input_shape
+from .errors import VaredError
+from .flops import conv_macs, count_macs, gate_macs
+from .nn import ConvOption, DynamicConv3d, channel_count, default_gate_hidden, forced_policy
+from .recipe import LayerRecipe, ModelInfo, Recipe, model_info, replace_module
+
+__all__ = [
+    "ConvSite",
+    "LayerDecision",
+    "ConversionReport",
+    "Conversion",
+    "analyse_convs",
+    "convert",
+    "verify_full_path",
+    "DEFAULT_TEMPORAL",
+    "DEFAULT_CHANNEL",
+]
+
+DEFAULT_TEMPORAL: tuple[int, ...] = (1, 2)
+DEFAULT_CHANNEL: tuple[float, ...] = (1.0, 0.5, 0.25)
+DEFAULT_MIN_SHARE = 0.002  # a conv under 0.2% of the model's FLOPs is not worth a gate
+DEFAULT_MAX_GATE_OVERHEAD = 0.05  # nor one whose gate would cost more than 5% of the conv itself
+VERIFY_ATOL = 1e-5
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+@dataclass
+class ConvSite:
+    """A Conv3d as the analysis saw it: every call's input/output shape, and whether it reads the clip."""
+
+    name: str
+    conv: nn.Conv3d
+    input_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    output_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    is_stem: bool = False
+
+
+class _NamingTracer(fx.Tracer):
+    """An fx tracer that remembers the innermost module it was tracing when tracing failed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed_in: str | None = None
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        # Subclasses of Conv3d (torchvision's Conv3DSimple, ...) are convs too: keep them as call sites.
+        return isinstance(m, (nn.Conv3d, DynamicConv3d)) or super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = self.path_of_module(m)
+            raise
+
+
+def _analyse_fx(model: nn.Module, example: torch.Tensor) -> list[ConvSite]:
+    tracer = _NamingTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:
+        where = f"module {tracer.failed_in!r}" if tracer.failed_in else "the top-level forward"
+        raise _TraceFailure(f"fx could not trace {where}: {type(exc).__name__}: {_one_line(exc)}") from exc
+    gm = fx.GraphModule(tracer.root, graph)
+    ShapeProp(gm).propagate(example)
+    sites: dict[str, ConvSite] = {}
+    after_conv: dict[fx.Node, bool] = {}
+    for node in gm.graph.nodes:
+        inputs = node.all_input_nodes
+        preceded = any(after_conv[i] for i in inputs)
+        is_conv = node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Conv3d)
+        after_conv[node] = preceded or is_conv
+        if not is_conv:
+            continue
+        site = sites.setdefault(node.target, ConvSite(node.target, model.get_submodule(node.target)))
+        site.input_shapes.append(tuple(node.args[0].meta["tensor_meta"].shape))
+        site.output_shapes.append(tuple(node.meta["tensor_meta"].shape))
+        site.is_stem = site.is_stem or not preceded
+    return list(sites.values())
+
+
+def _analyse_hooks(model: nn.Module, example: torch.Tensor) -> list[ConvSite]:
+    """Fallback: record every Conv3d call with hooks; a conv reading a clip-shaped tensor is a stem."""
+    sites: dict[str, ConvSite] = {}
+    handles = []
+
+    def hook(name: str):
+        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            site = sites.setdefault(name, ConvSite(name, module))
+            shape = tuple(args[0].shape)
+            site.input_shapes.append(shape)
+            site.output_shapes.append(tuple(output.shape))
+            site.is_stem = site.is_stem or (shape[1] == example.shape[1] and shape[3:] == tuple(example.shape[3:]))
+
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv3d):
+            handles.append(module.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return list(sites.values())
+
+
+class _TraceFailure(Exception):
+    pass
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else ""
+
+
+def analyse_convs(model: nn.Module, example: torch.Tensor) -> tuple[list[ConvSite], str, str | None]:
+    """Find every Conv3d call site with shapes. Returns ``(sites, method, trace_failure)``.
+
+    ``method`` is ``"fx"`` or ``"hooks"``; ``trace_failure`` says why fx could not be used.
+    """
+    try:
+        return _analyse_fx(model, example), "fx", None
+    except _TraceFailure as failure:
+        reason = str(failure)
+    try:
+        return _analyse_hooks(model, example), "hooks", reason
+    except Exception as exc:
+        raise VaredError(
+            f"{reason}; and the model does not run on a clip of shape {tuple(example.shape)} "
+            f"({type(exc).__name__}: {_one_line(exc)}); check --input-shape"
+        ) from exc
+
+
+# ---------------------------------------------------------------------------------------------- decisions
+@dataclass
+class LayerDecision:
+    """One conv's fate: converted (with options) or left static (with the reason)."""
+
+    name: str
+    kernel: tuple[int, ...]
+    in_channels: int
+    out_channels: int
+    groups: int
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    macs: int
+    share: float
+    options: list[list[int]] | None = None
+    reason: str | None = None
+    gate_hidden: int = 0
+
+    @property
+    def converted(self) -> bool:
+        return self.options is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            "name": self.name,
+            "kernel": list(self.kernel),
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "groups": self.groups,
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
+            "gflops": self.macs / 1e9,
+            "flops_share": self.share,
+        }
+        data.update({"options": self.options} if self.converted else {"reason": self.reason})
+        return data
+
+
+def _matches(name: str, patterns: Iterable[str]) -> str | None:
+    for pattern in patterns:
+        if fnmatch.fnmatchcase(name, pattern) or name == pattern or name.startswith(pattern + "."):
+            return pattern
+    return None
+
+
+def _layer_options(conv: nn.Conv3d, out_frames: int, temporal: Sequence[int], channel: Sequence[float]) -> list[ConvOption]:
+    """The options that make sense for ``conv``: distinct computed frame counts and channel counts."""
+    factors, seen_frames = [], set()
+    for factor in sorted(set(temporal)):
+        frames = math.ceil(out_frames / factor)
+        if frames not in seen_frames:
+            seen_frames.add(frames)
+            factors.append(factor)
+    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+    counts = [conv.out_channels]
+    if conv.groups == 1 or depthwise:
+        counts = sorted({channel_count(r, conv.out_channels) for r in channel}, reverse=True)
+    return [ConvOption(f, k) for f in factors for k in counts]
+
+
+def _decide(
+    site: ConvSite,
+    total_macs: int,
+    temporal: Sequence[int],
+    channel: Sequence[float],
+    only: Sequence[str],
+    skip: Sequence[str],
+    min_share: float,
+    max_gate_overhead: float,
+    convert_stem: bool,
+) -> LayerDecision:
+    conv = site.conv
+    macs = sum(conv_macs(conv, shape) for shape in site.input_shapes)
+    decision = LayerDecision(
+        site.name,
+        tuple(int(k) for k in conv.kernel_size),
+        conv.in_channels,
+        conv.out_channels,
+        conv.groups,
+        site.input_shapes[0][1:],
+        site.output_shapes[0][1:],
+        macs,
+        macs / total_macs if total_macs else 0.0,
+    )
+    chosen = _matches(site.name, only) if only else None
+
+    def static(reason: str) -> LayerDecision:
+        decision.reason = reason
+        return decision
+
+    if only and chosen is None:
+        return static("not selected by --only")
+    if (pattern := _matches(site.name, skip)) is not None:
+        return static(f"skipped by --skip {pattern}")
+    if conv.padding_mode != "zeros":
+        return static(f"padding_mode={conv.padding_mode!r} is not supported")
+    if isinstance(conv.padding, str):
+        return static(f"padding={conv.padding!r} is not supported")
+    if site.is_stem and not (convert_stem or chosen):
+        return static("stem: reads the input clip")
+    if decision.share < min_share and not chosen:
+        return static(f"too cheap (under {100 * min_share:.2g}% of the model's FLOPs)")
+    out_frames = min(shape[2] for shape in site.output_shapes)
+    options = _layer_options(conv, out_frames, temporal, channel)
+    if len(options) == 1:
+        return static("no cheaper option (one output frame, grouped conv)")
+    hidden = default_gate_hidden(conv.in_channels)
+    probe = DynamicConv3d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                          conv.dilation, conv.groups, conv.bias is not None, options, hidden)
+    overhead = sum(gate_macs(probe, shape) for shape in site.input_shapes) / max(macs, 1)
+    if overhead > max_gate_overhead and not chosen:
+        return static(f"gate would cost {100 * overhead:.1f}% of the conv (> {100 * max_gate_overhead:.2g}%)")
+    decision.options = [o.as_list() for o in options]
+    decision.gate_hidden = hidden
+    return decision
+
+
+# ---------------------------------------------------------------------------------------------- conversion
+@dataclass
+class ConversionReport:
+    """What :func:`convert` did, for people (the CLI's tables) and scripts (``to_dict``)."""
+
+    layers: list[LayerDecision]
+    analysis: str  # "fx" or "hooks"
+    trace_failure: str | None
+    original_macs: int
+    input_shape: tuple[int, ...]
+    max_abs_error: float | None = None
+
+    @property
+    def converted(self) -> list[LayerDecision]:
+        return [d for d in self.layers if d.converted]
+
+    @property
+    def static(self) -> list[LayerDecision]:
+        return [d for d in self.layers if not d.converted]
+
+    @property
+    def converted_flops_share(self) -> float:
+        return sum(d.share for d in self.converted)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "converted": [d.name for d in self.converted],
+            "static": [d.name for d in self.static],
+            "converted_flops_share": self.converted_flops_share,
+            "max_abs_error": self.max_abs_error,
+            "original_gflops": self.original_macs / 1e9,
+            "input_shape": list(self.input_shape),
+            "analysis": self.analysis,
+            "trace_failure": self.trace_failure,
+            "layers": [d.to_dict() for d in self.layers],
+        }
+
+
+@dataclass
+class Conversion:
+    """The result of :func:`convert`: the adaptive model, its recipe and the report."""
+
+    model: nn.Module
+    recipe: Recipe
+    report: ConversionReport
+
+
+def _parse_input_shape(input_shape: Sequence[int] | None, arch: ArchSpec | None) -> tuple[int, int, int, int]:
+    if input_shape is None and arch is not None:
+        input_shape = default_input_shape(arch.name)
+    if input_shape is None:
+        raise VaredError("give the clip shape used for analysis with --input-shape C,T,H,W (e.g. 3,16,112,112)")
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise VaredError(f"--input-shape must be four positive integers C,T,H,W, got {shape}")
+    return shape  # type: ignore[return-value]
+
+
+def _validate_space(temporal: Sequence[int], channel: Sequence[float]) -> tuple[list[int], list[float]]:
+    temporal, channel = [int(t) for t in temporal], [float(c) for c in channel]
+    if 1 not in temporal or any(t < 1 for t in temporal):
+        raise VaredError(f"--temporal must hold 1 (the full frame rate) and factors >= 1, got {temporal}")
+    if 1.0 not in channel or any(not 0 < c <= 1 for c in channel):
+        raise VaredError(f"--channel must hold 1 (every channel) and ratios in (0, 1], got {channel}")
+    return sorted(set(temporal)), sorted(set(channel), reverse=True)
+
+
+def _example(shape: Sequence[int], like: nn.Module, batch: int = 1) -> torch.Tensor:
+    param = next(like.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch, *shape, generator=generator).to(device)
+
+
+@torch.no_grad()
+def verify_full_path(original: nn.Module, adaptive: nn.Module, example: torch.Tensor) -> float:
+    """Max abs difference between the original and the adaptive model with every gate forced to full."""
+    expected = original(example)
+    with forced_policy(adaptive, (1, 1.0)):
+        got = adaptive(example)
+    return float((expected - got).abs().max())
+
+
+def convert(
+    model: nn.Module,
+    input_shape: Sequence[int] | None = None,
+    *,
+    arch: ArchSpec | str | None = None,
+    temporal: Sequence[int] = DEFAULT_TEMPORAL,
+    channel: Sequence[float] = DEFAULT_CHANNEL,
+    only: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    min_flops_share: float = DEFAULT_MIN_SHARE,
+    max_gate_overhead: float = DEFAULT_MAX_GATE_OVERHEAD,
+    convert_stem: bool = False,
+    class_names: Sequence[str] | None = None,
+    verify: bool = True,
+) -> Conversion:
+    """Make an adaptive copy of ``model`` (the original is left untouched) and verify it.
+
+    Args:
+        model: a network whose ``Conv3d`` layers should become input-dependent.
+        input_shape: clip shape ``(C, T, H, W)`` for analysis and verification (default: the arch's usual one).
+        arch: how to rebuild the network later (stored in the recipe's checkpoint); ``None`` for a model you
+            will only use in this process.
+        temporal: temporal stride factors ``R`` to offer (must include 1).
+        channel: output-channel ratios ``r`` to offer (must include 1).
+        only, skip: fnmatch patterns (or module prefixes) choosing which convs to convert; ``only`` also
+            overrides the stem and cost rules for the convs it names.
+        min_flops_share: convs below this share of the model's FLOPs stay static.
+        max_gate_overhead: convs whose gate would cost more than this fraction of the conv stay static.
+        convert_stem: also convert convs that read the input clip.
+        class_names: what the model's outputs mean, stored with it.
+        verify: check that the full path reproduces the original (raises if it does not).
+    """
+    arch_spec = ArchSpec(arch) if isinstance(arch, str) else arch
+    if arch_spec is None and (info := model_info(model)) is not None:
+        arch_spec = info.arch
+    if any(isinstance(m, DynamicConv3d) for m in model.modules()):
+        raise VaredError("the model is already converted (it holds DynamicConv3d layers)")
+    shape = _parse_input_shape(input_shape, arch_spec)
+    temporal, channel = _validate_space(temporal, channel)
+    was_training = model.training
+    original = model.eval()
+    example = _example(shape, original)
+    try:
+        sites, analysis, trace_failure = analyse_convs(original, example)
+        if not sites:
+            raise VaredError("the model has no Conv3d layer to make adaptive")
+        total_macs, _ = count_macs(original, example, vared_handles=False)
+        decisions = [
+            _decide(site, total_macs, temporal, channel, only, skip, min_flops_share, max_gate_overhead, convert_stem)
+            for site in sites
+        ]
+        if only and not any(d.converted for d in decisions):
+            raise VaredError(f"--only {' '.join(only)} selects no convertible conv")
+        adaptive = copy.deepcopy(original)
+        for d in decisions:
+            if d.converted:
+                conv = adaptive.get_submodule(d.name)
+                replace_module(adaptive, d.name, DynamicConv3d.from_conv(conv, d.options, d.gate_hidden))
+        report = ConversionReport(decisions, analysis, trace_failure, total_macs, shape)
+        if verify:
+            report.max_abs_error = verify_full_path(original, adaptive, example)
+            if not report.max_abs_error <= VERIFY_ATOL:
+                raise VaredError(
+                    f"verification failed: the full path differs from the original by {report.max_abs_error:.3g} "
+                    f"(> {VERIFY_ATOL}); please report this model"
+                )
+    finally:
+        model.train(was_training)
+    recipe = Recipe(
+        input_shape=list(shape),
+        temporal=temporal,
+        channel=channel,
+        layers=[LayerRecipe(d.name, d.options, d.gate_hidden, d.macs) for d in decisions if d.converted],
+        original_macs=total_macs,
+    )
+    adaptive.vared_info = ModelInfo(
+        arch_spec or ArchSpec("unknown:model"), recipe, list(class_names) if class_names else None
+    )
+    return Conversion(adaptive.eval(), recipe, report)

@@ -1,0 +1,108 @@
+"""FLOP counting. Convention: one multiply-add = one FLOP (fvcore's, and what video papers report as FLOPs).
+
+* :func:`count_macs` runs fvcore's ``FlopCountAnalysis`` (with handles for the ops vared's layers add, so
+  nothing of ours counts as zero) and returns the total and the per-module counts.
+* :func:`option_costs` and :func:`gate_macs` give a dynamic conv's cost in each option analytically, from the
+  input shape alone; tests check every formula against fvcore on the module forced to that option.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .nn import DynamicConv3d, conv_output_frames
+
+__all__ = ["OptionCost", "count_macs", "conv_macs", "option_costs", "gate_macs", "VARED_HANDLES"]
+
+
+def _mean_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """fvcore handle for ``aten::mean`` (the gate's global pool): one add per input element."""
+    shape = inputs[0].type().sizes()
+    return math.prod(shape) if shape else 0
+
+
+# Ops that vared's layers introduce and fvcore does not count by default.
+VARED_HANDLES = {"aten::mean": _mean_macs}
+
+
+def count_macs(model: nn.Module, inputs: torch.Tensor | tuple, vared_handles: bool = True) -> tuple[int, dict[str, int]]:
+    """fvcore's count of ``model`` on ``inputs``: ``(total, {module name: MACs})``.
+
+    With ``vared_handles=False`` this is exactly fvcore's default count (what the original model reports).
+    """
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fvcore's jit tracing warns about deprecations and tracer details
+        from fvcore.nn import FlopCountAnalysis
+
+        analysis = FlopCountAnalysis(model, inputs)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        if vared_handles:
+            analysis.set_op_handle(**VARED_HANDLES)
+        return int(analysis.total()), {k: int(v) for k, v in analysis.by_module().items()}
+
+
+def _spatial_out(shape: Sequence[int], kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+                 dilation: Sequence[int]) -> list[int]:
+    return [int(conv_output_frames(shape[i], kernel[i], stride[i], padding[i], dilation[i])) for i in range(3)]
+
+
+def conv_macs(conv: nn.Conv3d | DynamicConv3d, input_shape: Sequence[int]) -> int:
+    """MACs of the full (original) conv on an input of shape (N, C, T, H, W); bias not counted (as fvcore)."""
+    n = int(input_shape[0])
+    out = _spatial_out(input_shape[2:], conv.kernel_size, conv.stride, conv.padding, conv.dilation)
+    return int(n * conv.out_channels * (conv.in_channels // conv.groups) * math.prod(conv.kernel_size) * math.prod(out))
+
+
+@dataclass(frozen=True)
+class OptionCost:
+    """The MACs of one option of a dynamic conv, by part."""
+
+    conv: int  # the sliced, strided main conv
+    channel_rebuild: int  # φ_s
+    frame_rebuild: int  # φ_t
+
+    @property
+    def total(self) -> int:
+        return self.conv + self.channel_rebuild + self.frame_rebuild
+
+
+def option_costs(layer: DynamicConv3d, input_shape: Sequence[int]) -> list[OptionCost]:
+    """Analytic cost of every option of ``layer`` (gate excluded) for an input (N, C, T, H, W)."""
+    n = input_shape[0]
+    _, h_out, w_out = _spatial_out(input_shape[2:], layer.kernel_size, layer.stride, layer.padding, layer.dilation)
+    plane = h_out * w_out
+    k_volume = math.prod(layer.kernel_size)
+    per_filter = layer.in_channels // layer.groups  # 1 for depthwise, sliced or not
+    costs = []
+    for option in layer.options:
+        frames = conv_output_frames(
+            input_shape[2], layer.kernel_size[0], layer.stride[0] * option.temporal, layer.padding[0], layer.dilation[0]
+        )
+        voxels = n * frames * plane
+        missing = layer.out_channels - option.channels
+        kernel_s = 0
+        if missing:
+            rebuild = layer.rebuild_channels[layer.channel_counts.index(option.channels)]
+            kernel_s = math.prod(rebuild.conv.kernel_size)
+        costs.append(
+            OptionCost(
+                conv=option.channels * per_filter * k_volume * voxels,
+                channel_rebuild=missing * kernel_s * voxels,
+                frame_rebuild=layer.out_channels * (option.temporal - 1) * 2 * voxels,
+            )
+        )
+    return costs
+
+
+def gate_macs(layer: DynamicConv3d, input_shape: Sequence[int]) -> int:
+    """Analytic cost of a layer's gate: the global pool (one add per input element) and its two linears."""
+    gate = layer.gate
+    n = input_shape[0]
+    return math.prod(input_shape) + n * (gate.in_channels * gate.hidden + gate.hidden * gate.num_options)

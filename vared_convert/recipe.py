@@ -1,0 +1,97 @@
+"""The recipe a conversion records, and applying it to a freshly built network.
+
+A recipe lists the convolutions that became dynamic, with their options, plus the search space and the clip
+shape used for analysis. Applying it to the original architecture rebuilds the adaptive model's structure
+exactly, so a saved state_dict loads into it: a checkpoint needs no pickled code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from .arch import ArchSpec
+from .errors import VaredError
+from .nn import DynamicConv3d
+
+__all__ = ["LayerRecipe", "Recipe", "ModelInfo", "apply_recipe", "replace_module", "model_info"]
+
+
+@dataclass
+class LayerRecipe:
+    """One converted conv: its qualified name, its options ``[[R, k], ...]`` and its gate width."""
+
+    name: str
+    options: list[list[int]]
+    gate_hidden: int
+    macs: int = 0  # the original conv's MACs at the recipe's input shape, batch 1
+
+
+@dataclass
+class Recipe:
+    """How a model was converted (stored in every vared checkpoint)."""
+
+    input_shape: list[int]  # C, T, H, W used for analysis and verification
+    temporal: list[int]
+    channel: list[float]
+    layers: list[LayerRecipe]
+    original_macs: int  # the whole original model at input_shape, batch 1 (fvcore)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+        layers = [LayerRecipe(**layer) for layer in data["layers"]]
+        fields = {k: v for k, v in data.items() if k != "layers"}
+        return cls(layers=layers, **fields)
+
+    @property
+    def converted_macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def converted_share(self) -> float:
+        """Share of the original model's FLOPs that sits in converted convs."""
+        return self.converted_macs / self.original_macs if self.original_macs else 0.0
+
+
+@dataclass
+class ModelInfo:
+    """What travels with a model: how to rebuild it, how it was converted, what its outputs mean."""
+
+    arch: ArchSpec
+    recipe: Recipe | None = None
+    class_names: list[str] | None = None
+
+
+def model_info(model: nn.Module) -> ModelInfo | None:
+    """The :class:`ModelInfo` attached by ``convert`` or ``load_model``, if any (unwraps DDP)."""
+    model = getattr(model, "module", model)
+    return getattr(model, "vared_info", None)
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` at qualified name ``name`` inside ``model``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if isinstance(parent, (nn.ModuleList, nn.Sequential)) and child.isdigit():
+        parent[int(child)] = new
+    else:
+        setattr(parent, child, new)
+
+
+def apply_recipe(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """Swap each conv named in ``recipe`` for a :class:`DynamicConv3d` with the recorded options, in place."""
+    for layer in recipe.layers:
+        try:
+            conv = model.get_submodule(layer.name)
+        except AttributeError as exc:
+            raise VaredError(f"recipe names {layer.name!r}, which this architecture does not have") from exc
+        if not isinstance(conv, nn.Conv3d):
+            raise VaredError(f"recipe names {layer.name!r}, a {type(conv).__name__}, not a Conv3d")
+        replace_module(model, layer.name, DynamicConv3d.from_conv(conv, layer.options, layer.gate_hidden))
+    return model
