@@ -162,6 +162,110 @@ def convert(
     console.print(f"wrote {out}")
 
 
+# ---------------------------------------------------------------------------------------------- profile
+def _option_summary(counts: dict[str, int], limit: int = 3) -> str:
+    total = sum(counts.values())
+    if not total:
+        return ""
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return "  ".join(f"{label} {100 * n / total:.0f}%" for label, n in top)
+
+
+def print_profile(report, title: str) -> None:
+    """The per-layer table, totals, units and latency lines of `vared profile`."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("layer", no_wrap=True)
+    table.add_column("out C×T", no_wrap=True)
+    table.add_column("original", justify="right", no_wrap=True)
+    table.add_column("adaptive" if report.mode != "static" else "cheapest–full", justify="right", no_wrap=True)
+    table.add_column("saving", justify="right", no_wrap=True)
+    if report.mode != "static":
+        table.add_column("options chosen (T,C)")
+    for row in report.layers:
+        if report.mode == "static" and row.dynamic:
+            adaptive, saving = f"{row.min_macs / 1e9:.3f}–{row.original_macs / 1e9:.3f}", f"≤{100 * (1 - row.min_macs / row.original_macs):.0f}%"
+        else:
+            adaptive, saving = f"{row.adaptive_macs / 1e9:.3f}", f"{100 * row.saving:.0f}%" if row.dynamic else "static"
+        cells = [row.name, fmt_shape(row.output_shape), f"{row.original_macs / 1e9:.3f}", adaptive, saving]
+        table.add_row(*cells, *([_option_summary(row.option_counts)] if report.mode != "static" else []))
+    other = f"{report.other_macs / 1e9:.3f}"
+    table.add_row("(other layers)", "", other, other, "static", *([""] if report.mode != "static" else []))
+    console.print(table)
+    o, a = report.original_macs / 1e9, report.adaptive_macs / 1e9
+    if report.mode == "static":
+        console.print(f"total: original {o:.3f} GFLOPs; adaptive between {report.min_macs / 1e9:.3f} (every gate at its "
+                      f"cheapest) and {o + report.gate_macs / 1e9:.3f}: decisions need clips (--data) or --option T,C")
+    else:
+        what = f"mean over {report.clips} clips" if report.mode == "clips" else f"every gate forced to {report.option[0]},{report.option[1]:g}"
+        console.print(f"total: original {o:.3f} GFLOPs → adaptive {a:.3f} GFLOPs ({what}): FLOPs ratio "
+                      f"[bold]{report.flops_ratio:.3f}[/] (saving {100 * (1 - report.flops_ratio):.1f}%)")
+    console.print(f"gates: {report.gate_macs / 1e9:.4f} GFLOPs ({100 * report.gate_macs / report.original_macs:.2f}% of "
+                  f"the original){' — not run when forced' if report.mode == 'forced' else ''}")
+    console.print(f"units: GFLOPs = 10⁹ multiply-adds per clip of {fmt_shape(report.input_shape)} (fvcore's "
+                  "convention: one multiply-add = one FLOP)")
+    if report.latency is not None:
+        lat = report.latency
+        console.print(f"latency ({lat.original.device}, {lat.original.threads} threads, median of {lat.original.repeats} "
+                      f"after warm-up, batch 1): original {lat.original.median_ms:.1f} ms, adaptive "
+                      f"{lat.adaptive.median_ms:.1f} ms → time ratio [bold]{lat.time_ratio:.3f}[/] (FLOPs ratio "
+                      f"{report.flops_ratio:.3f})")
+    for cls, counts in sorted(report.class_histograms.items()):
+        console.print(f"  class {cls}: {_option_summary(counts, limit=6)}")
+
+
+@app.command()
+def profile(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A vared model (or a plain checkpoint with --arch).")],
+    arch: Annotated[Optional[str], typer.Option("--arch", "-a", help="Architecture of a plain checkpoint.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Classifier size of a plain checkpoint.")] = None,
+    input_shape: Annotated[Optional[str], typer.Option(help="Clip shape C,T,H,W [default: the recipe's].")] = None,
+    option: Annotated[Optional[str], typer.Option(help="Force every gate to T,C (temporal factor, channel "
+                                                  "ratio), e.g. 2,0.5.")] = None,
+    latency: Annotated[bool, typer.Option("--latency", help="Also time original and adaptive on the same inputs.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (for --latency and --data).")] = "auto",
+    repeats: Annotated[int, typer.Option(help="Timed repeats for --latency (median reported).")] = 10,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the report as JSON to PATH ('-': stdout).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Draw per-layer original vs adaptive GFLOPs to a PNG.")] = None,
+    trust_pickle: Annotated[bool, typer.Option(help="Allow pickled objects in a plain checkpoint.")] = False,
+) -> None:
+    """Per-layer FLOPs (fvcore) and measured latency, original against adaptive."""
+    from .checkpoint import load_model
+    from .profile import parse_option, profile_model
+    from .timing import resolve_device
+
+    forced = parse_option(option) if option else None
+    shape = parse_ints(input_shape, "--input-shape") if input_shape else None
+    if shape is not None and len(shape) != 4:
+        raise VaredError(f"--input-shape must be C,T,H,W, got {input_shape}")
+    target = resolve_device(device)
+    model = load_model(model_path, arch, num_classes=num_classes, trust_pickle=trust_pickle).to(target)
+    if model.vared_info.recipe is None and shape is None:
+        from .arch import default_input_shape
+
+        shape = default_input_shape(model.vared_info.arch.name)
+    with err_console.status("counting FLOPs" + (" and timing" if latency else "") + " ..."):
+        report = profile_model(model, shape, option=forced, latency=latency, repeats=repeats)
+    _emit_profile(report, model_path, json_out, plot)
+
+
+def _emit_profile(report, model_path: Path, json_out: Optional[str], plot: Optional[Path]) -> None:
+    if json_out == "-":
+        print_json(report.to_dict())
+    else:
+        print_profile(report, f"{model_path.name}: GFLOPs per layer ({report.mode})")
+        if json_out:
+            from .files import atomic_output
+
+            with atomic_output(json_out, force=True) as tmp:
+                tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            console.print(f"wrote {json_out}")
+    if plot:
+        from .plots import plot_layer_savings
+
+        plot_layer_savings(report, plot)
+        (err_console if json_out == "-" else console).print(f"wrote {plot}")
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line and a non-zero exit."""
     try:
