@@ -73,9 +73,10 @@ class FinetuneConfig:
 FIELD_NAMES = {f.name for f in fields(FinetuneConfig)}
 
 
-def load_config(path: str | os.PathLike | None, overrides: dict[str, Any]) -> FinetuneConfig:
-    """Defaults, then the YAML file (if any), then the flags that were given (``None`` means not given)."""
-    values: dict[str, Any] = {}
+def load_config(path: str | os.PathLike | None, overrides: dict[str, Any],
+                base: dict[str, Any] | None = None) -> FinetuneConfig:
+    """Defaults (or ``base``, a resumed run's), then the YAML file, then the flags given (``None``: not given)."""
+    values: dict[str, Any] = dict(base or {})
     if path is not None:
         path = Path(path)
         if not path.is_file():

@@ -364,8 +364,6 @@ class Finetuner:
                 warmup = self.epoch < self.cfg.warmup_epochs
                 interrupted = False
                 for batch in self.train_batches(self.epoch, self.step_in_epoch):
-                    if batch.get("failed"):
-                        self.on_event("failed", {"files": batch["failed"]})
                     if batch.get("clip") is None or len(batch["clip"]) == 0:
                         continue
                     stats = self._train_step(batch, warmup)
