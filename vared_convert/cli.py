@@ -268,8 +268,7 @@ def _emit_profile(report, model_path: Path, json_out: Optional[str], plot: Optio
 
 # ---------------------------------------------------------------------------------------------- finetune
 def _d(name: str) -> str:
-    """The help suffix showing a finetune option's default, read from FinetuneConfig (flags default to None so a
-    file can set them)."""
+    """The help suffix with a finetune option's default (flags default to None so that --config can set them)."""
     from .train.config import FinetuneConfig
 
     return f"\\[default: {getattr(FinetuneConfig(), name)}]"
