@@ -6,7 +6,7 @@
 Both sides decode the same files at the same times (evaluation clips, centred): raw PyAV seeks, decodes
 forward and converts the frames shown at those times to RGB arrays, in one loop in this process; the loader
 adds clip sampling, resizing, cropping, normalisation, collation and worker processes. Each figure is the
-best of ``--repeat`` passes over all clips, after one warm-up pass.
+best of ``--repeat`` passes over all clips, after one warm-up pass; the configurations take turns.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from functools import partial
 from typing import Callable
 
 import av
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from av.video.reformatter import VideoReformatter
 
 from vared_convert.data.dataset import VideoClipDataset, make_loader
@@ -52,6 +54,18 @@ def raw_pyav(path: Path, times: list[float], thread_type: str) -> np.ndarray:
         return np.stack([arrays[id(frame)] for frame in shown])
 
 
+def decode_plan(plan: list[tuple[Path, list[float]]], thread_type: str) -> None:
+    """Raw PyAV over every clip of the plan, in this process."""
+    for path, times in plan:
+        raw_pyav(path, times, thread_type)
+
+
+def load_all(loader: DataLoader, plan: list[tuple[Path, list[float]]]) -> None:
+    """One pass of the loader; every clip must decode."""
+    decoded = sum(len(batch["path"]) for batch in loader)
+    assert decoded == len(plan), f"{len(plan) - decoded} clips failed"
+
+
 def clip_plan(records: list[VideoRecord], frames: int, stride: int) -> list[tuple[Path, list[float]]]:
     """The times the loader decodes for each record's centred clip, from the same header values."""
     plan = []
@@ -65,15 +79,18 @@ def clip_plan(records: list[VideoRecord], frames: int, stride: int) -> list[tupl
     return plan
 
 
-def best_rate(run: Callable[[], object], clips: int, repeat: int) -> float:
-    """Clips per second of the fastest of ``repeat`` runs, after a warm-up run (workers, page cache)."""
-    run()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
+def best_times(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Seconds of the fastest of ``repeat`` rounds per run, the runs taking turns so that a change in the
+    machine's load hits them alike; one warm-up run each first (workers, page cache)."""
+    for run in runs.values():
         run()
-        best = min(best, time.perf_counter() - start)
-    return clips / best
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeat):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def main() -> None:
@@ -86,7 +103,7 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=2)
     parser.add_argument("--size", type=int, default=112, help="crop size (short side resized to 128/112 of it)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -101,27 +118,21 @@ def main() -> None:
         plan = clip_plan(records, args.frames, args.stride)
         with VideoReader(records[0].path) as reader:
             source = f"{reader.info.width}x{reader.info.height}"
-        print(f"{len(plan)} clips of {args.frames} frames, stride {args.stride}, from {source} videos, crop {args.size}:")
+        print(f"{len(plan)} clips of {args.frames} frames, stride {args.stride}, from {source} videos")
 
-        raw = 0.0
+        runs: dict[str, Callable[[], object]] = {}
         for thread_type in ("SLICE", "AUTO"):  # the baseline is the faster of the two
-            decode_all = lambda: [raw_pyav(path, times, thread_type) for path, times in plan]  # noqa: E731
-            rate = best_rate(decode_all, len(plan), args.repeat)
-            print(f"{f'raw PyAV {thread_type.lower()}':>16}: {rate:7.1f} clips/s")
-            raw = max(raw, rate)
+            runs[f"raw PyAV {thread_type.lower()}"] = partial(decode_plan, plan, thread_type)
         dataset = VideoClipDataset(
             records, index.classes, train=False, frames=args.frames, stride=args.stride, size=args.size
         )
         for workers in (0, 1, 2):
-            loader = make_loader(dataset, args.batch_size, workers=workers)
-
-            def run() -> None:
-                decoded = sum(len(batch["path"]) for batch in loader)
-                assert decoded == len(plan), f"{len(plan) - decoded} clips failed"
-
-            rate = best_rate(run, len(plan), args.repeat)
-            print(f"{f'loader {workers} workers':>16}: {rate:7.1f} clips/s  ({rate / raw:.0%} of raw)")
-            del loader
+            runs[f"loader {workers} workers"] = partial(load_all, make_loader(dataset, args.batch_size, workers), plan)
+        best = best_times(runs, args.repeat)
+        raw = min(seconds for name, seconds in best.items() if name.startswith("raw"))
+        for name, seconds in best.items():
+            versus = "" if name.startswith("raw") else f"  ({raw / seconds:.0%} of raw)"
+            print(f"{name:>16}: {len(plan) / seconds:7.1f} clips/s{versus}")
 
 
 if __name__ == "__main__":
