@@ -86,12 +86,16 @@ class DatasetReport:
             classes.add_row("", f"... {len(self.classes) - SHOWN_ROWS} more", *([""] * len(self.videos)))
         parts: list[RenderableType] = [splits, classes]
         if self.unreadable:
-            bad = Table(title=f"{len(self.unreadable)} unreadable files (skipped in training)", title_justify="left")
-            bad.add_column("file", overflow="fold")
+            count = len(self.unreadable)
+            title = f"{count} unreadable file{'s' if count > 1 else ''} (skipped in training)"
+            bad = Table(title=title, title_justify="left")
+            bad.add_column(f"file (in {self.root})", overflow="fold")
             bad.add_column("split")
             bad.add_column("reason", style="red")
             for item in self.unreadable[:SHOWN_ROWS]:
-                bad.add_row(Text(item.path), item.split, Text(item.reason))
+                path = Path(item.path)
+                shown = path.relative_to(self.root) if path.is_relative_to(self.root) else path
+                bad.add_row(Text(str(shown)), item.split, Text(item.reason))
             if len(self.unreadable) > SHOWN_ROWS:
                 bad.add_row(f"... {len(self.unreadable) - SHOWN_ROWS} more (--json lists all)", "", "")
             parts.append(bad)

@@ -21,7 +21,15 @@ from typing import Sequence
 
 from ..errors import VaredError
 
-__all__ = ["LAYOUTS", "VIDEO_EXTENSIONS", "VideoIndex", "VideoRecord", "detect_layout", "index_dataset", "normalize_split"]
+__all__ = [
+    "LAYOUTS",
+    "VIDEO_EXTENSIONS",
+    "VideoIndex",
+    "VideoRecord",
+    "detect_layout",
+    "index_dataset",
+    "normalize_split",
+]
 
 LAYOUTS = ("folders", "lists", "kinetics")
 VIDEO_EXTENSIONS = frozenset(
