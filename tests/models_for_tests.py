@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vared_convert.baseline import tiny_r3d
+from vared_convert.baseline import tiny_c3d
 
 
 def tiny(num_classes: int = 4) -> nn.Module:
-    return tiny_r3d(num_classes=num_classes, width=8)
+    return tiny_c3d(num_classes=num_classes, width=8)
 
 
 class ValueBranch(nn.Module):

@@ -117,13 +117,13 @@ def test_bad_files(tmp_path):
 def test_mismatched_keys_are_listed(tmp_path):
     sd = _weights()
     sd["extra.weight"] = torch.zeros(1)
-    del sd["fc.weight"], sd["layer1.conv1.weight"]
+    del sd["fc.weight"], sd["block1.0.weight"]
     path = tmp_path / "w.pth"
     torch.save(sd, path)
     with pytest.raises(VaredError) as info:
         load_model(path, ARCH, num_classes=4)
     message = str(info.value)
-    assert "2 missing keys" in message and "fc.weight" in message and "layer1.conv1.weight" in message
+    assert "2 missing keys" in message and "fc.weight" in message and "block1.0.weight" in message
     assert "1 unexpected keys (extra.weight)" in message
     assert "\n" not in message
 

@@ -37,12 +37,12 @@ def test_convert_json_for_scripts(run_vared, tmp_path):
     (tmp_path / "classes.txt").write_text("walk\nrun\njump\nsit\n")
     proc = run_vared("convert", ckpt, "--arch", "models_for_tests:tiny", "--input-shape", "3,8,32,32",
                      "--out", tmp_path / "o.pth", "--temporal", "1,2,4", "--channel", "1,0.5",
-                     "--skip", "layer1", "--classes", tmp_path / "classes.txt", "--json", check=True)
+                     "--skip", "block1", "--classes", tmp_path / "classes.txt", "--json", check=True)
     data = json.loads(proc.stdout)
     assert {"converted", "static", "converted_flops_share", "max_abs_error"} <= set(data)
     assert data["max_abs_error"] == 0.0
-    assert "layer2.conv1" in data["converted"] and "layer1.conv1" in data["static"]
-    layer = next(x for x in data["layers"] if x["name"] == "layer2.conv1")
+    assert "block2.0" in data["converted"] and "block1.0" in data["static"]
+    layer = next(x for x in data["layers"] if x["name"] == "block2.0")
     assert sorted({r for r, _ in layer["options"]}) == [1, 2, 4]
     assert torch.load(tmp_path / "o.pth", weights_only=True)["class_names"] == ["walk", "run", "jump", "sit"]
 

@@ -27,8 +27,14 @@ def _mean_macs(inputs: list[Any], outputs: list[Any]) -> int:
     return math.prod(shape) if shape else 0
 
 
-# Ops that vared's layers introduce and fvcore does not count by default.
-VARED_HANDLES = {"aten::mean": _mean_macs}
+def _sub_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """fvcore handle for ``aten::sub`` (the gate's frame differences): one op per output element."""
+    shape = outputs[0].type().sizes()
+    return math.prod(shape) if shape else 0
+
+
+# Ops that vared's layers introduce and fvcore does not count by default (abs is a sign flip: not counted).
+VARED_HANDLES = {"aten::mean": _mean_macs, "aten::sub": _sub_macs, "aten::adaptive_avg_pool3d": _mean_macs}
 
 
 def count_macs(model: nn.Module, inputs: torch.Tensor | tuple, vared_handles: bool = True) -> tuple[int, dict[str, int]]:
@@ -102,10 +108,18 @@ def option_costs(layer: DynamicConv3d, input_shape: Sequence[int]) -> list[Optio
 
 
 def gate_macs(layer: DynamicConv3d, input_shape: Sequence[int]) -> int:
-    """Analytic cost of a layer's gate: the global pool (one add per input element) and its two linears."""
+    """Analytic cost of a layer's gate: its clip statistics (the mean, and the grid pooling: one add per input
+    element each; on the grid, frame differences and their mean: two per difference), the normalisation (one per
+    statistic, as fvcore counts an inference BatchNorm) and its two linears."""
+    from .nn.gate import MOTION_GRID
+
     gate = layer.gate
-    n = input_shape[0]
-    return math.prod(input_shape) + n * (gate.in_channels * gate.hidden + gate.hidden * gate.num_options)
+    n, c, t, h, w = (int(s) for s in input_shape)
+    statistics = n * c * t * h * w
+    if t > 1:
+        statistics += n * c * t * h * w + 2 * n * c * (t - 1) * MOTION_GRID * MOTION_GRID
+    norm = n * 2 * gate.in_channels
+    return statistics + norm + n * (2 * gate.in_channels * gate.hidden + gate.hidden * gate.num_options)
 
 
 def _dynamic_layer_shapes(model: nn.Module, clip: torch.Tensor) -> dict[str, tuple[int, ...]]:

@@ -110,6 +110,7 @@ class DynamicConv3d(nn.Module):
         ]
         self.policy: Policy = None
         self.temperature: float = 1.0
+        self.relaxation: str = "hard"  # training: "hard" (straight-through one-hot) or "soft" (Gumbel mixture)
         self.last_choice: torch.Tensor | None = None  # (N,) option index per video, last forward
         self.last_weights: torch.Tensor | None = None  # (N, n_options) straight-through weights, training only
         self.last_input_shape: tuple[int, ...] | None = None
@@ -197,6 +198,9 @@ class DynamicConv3d(nn.Module):
             logits = self.gate(x)
             if not self.training:
                 return self._forward_decided(x, logits.argmax(dim=1))
+            if self.relaxation == "soft":
+                weights = F.gumbel_softmax(logits, tau=self.temperature, hard=False, dim=-1)
+                return self._forward_mixture(x, weights)
             weights = SoftModulationGate.straight_through(logits, self.temperature)
             choice = weights.detach().argmax(dim=1)
         else:
@@ -231,6 +235,20 @@ class DynamicConv3d(nn.Module):
                 out = out.index_copy(0, index, self._derive(full.index_select(0, index), o, frames))
         gate_term = sum((weights[:, o] - weights[:, o].detach()).view(-1, 1, 1, 1, 1) * values[o] for o in options)
         return out + gate_term
+
+    def _forward_mixture(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Training with the soft relaxation: the Gumbel-softmax mixture of every option's output.
+
+        Unlike the straight-through estimator, the mixture differs from the full path whenever a cheaper option
+        has weight, so the task and distillation losses always tell the gate what each option costs in accuracy.
+        """
+        self.last_choice, self.last_weights = weights.detach().argmax(dim=1), weights
+        full = F.conv3d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        frames = full.shape[2]
+        out = full * weights[:, 0].view(-1, 1, 1, 1, 1)
+        for o in range(1, self.num_options):
+            out = out + self._derive(full, o, frames) * weights[:, o].view(-1, 1, 1, 1, 1)
+        return out
 
     def _slice(self, full: torch.Tensor, option: int) -> torch.Tensor:
         """Frames 0, R, 2R, ... and channels 0..k-1 of a full output: what ``option`` computes."""

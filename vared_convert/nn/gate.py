@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SoftModulationGate", "default_gate_hidden"]
+__all__ = ["MOTION_GRID", "SoftModulationGate", "default_gate_hidden", "clip_statistics"]
 
 
 def default_gate_hidden(in_channels: int) -> int:
@@ -14,11 +14,32 @@ def default_gate_hidden(in_channels: int) -> int:
     return max(16, min(128, in_channels // 4))
 
 
-class SoftModulationGate(nn.Module):
-    """Global average pool -> Linear(C_i, h) -> ReLU -> Linear(h, n_options).
+MOTION_GRID = 4  # motion is measured on a MOTION_GRID × MOTION_GRID grid of cells
 
-    The last layer starts at zero weight with a bias that favours option 0 (the full conv), so a freshly
-    converted model behaves exactly like the original until its gates are trained.
+
+def clip_statistics(x: torch.Tensor) -> torch.Tensor:
+    """Per channel: the mean activation, and the mean absolute change between consecutive frames of the feature
+    map averaged over a coarse grid of cells, (N, 2C).
+
+    The second half measures temporal redundancy directly: near zero for a still scene, large when something
+    moves, which a global average alone cannot see (a still and a moving object have the same average).
+    Averaging within cells first cancels per-pixel sensor noise, which changes every frame even in a still scene.
+    """
+    appearance = x.mean(dim=(2, 3, 4))
+    if x.shape[2] < 2:
+        return torch.cat([appearance, torch.zeros_like(appearance)], dim=1)
+    cells = F.adaptive_avg_pool3d(x, (x.shape[2], MOTION_GRID, MOTION_GRID))
+    motion = (cells[:, :, 1:] - cells[:, :, :-1]).abs().mean(dim=(2, 3, 4))
+    return torch.cat([appearance, motion], dim=1)
+
+
+class SoftModulationGate(nn.Module):
+    """Clip statistics (mean and temporal change per channel) -> BatchNorm -> Linear(2·C_i, h) -> ReLU ->
+    Linear(h, n_options).
+
+    The BatchNorm (no affine) puts appearance and motion statistics on one scale; its running statistics are
+    learned while the gates train. The last layer starts at zero weight with a bias that favours option 0 (the
+    full conv), so a freshly converted model behaves exactly like the original until its gates are trained.
     """
 
     def __init__(self, in_channels: int, num_options: int, hidden: int | None = None, full_bias: float = 1.0):
@@ -27,7 +48,8 @@ class SoftModulationGate(nn.Module):
         self.in_channels = in_channels
         self.num_options = num_options
         self.hidden = hidden
-        self.fc1 = nn.Linear(in_channels, hidden)
+        self.norm = nn.BatchNorm1d(2 * in_channels, affine=False)
+        self.fc1 = nn.Linear(2 * in_channels, hidden)
         self.fc2 = nn.Linear(hidden, num_options)
         with torch.no_grad():
             self.fc2.weight.zero_()
@@ -36,8 +58,7 @@ class SoftModulationGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the option logits, shape (N, num_options), for a clip feature map (N, C, T, H, W)."""
-        pooled = x.mean(dim=(2, 3, 4))
-        return self.fc2(F.relu(self.fc1(pooled)))
+        return self.fc2(F.relu(self.fc1(self.norm(clip_statistics(x)))))
 
     @staticmethod
     def straight_through(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -50,7 +50,9 @@ def forced_policy(model: nn.Module, policy: Policy | tuple[int, float]) -> Itera
             layer.policy = policy_before
 
 
-def set_temperature(model: nn.Module, temperature: float) -> None:
-    """Set the Gumbel-softmax temperature of every gate."""
+def set_temperature(model: nn.Module, temperature: float, relaxation: str | None = None) -> None:
+    """Set the Gumbel-softmax temperature of every gate (and the relaxation: "hard" or "soft")."""
     for _, layer in dynamic_convs(model):
         layer.temperature = temperature
+        if relaxation is not None:
+            layer.relaxation = relaxation

@@ -28,6 +28,7 @@ class FinetuneConfig:
     frames: int = 16  # frames per clip
     stride: int = 4  # frames between sampled frames
     size: int = 112  # crop size (short side resized to 128/112 of it)
+    train_clips: int = 1  # random clips per video per epoch (more steps per epoch on small datasets)
     val_clips: int = 1  # clips per video for validation (uniformly spread)
     train: str = "gates"  # gates: gates and cheap ops; all: the backbone too
     lr: float = 1e-3  # learning rate of gates and cheap ops
@@ -36,6 +37,7 @@ class FinetuneConfig:
     flops_weight: float = 4.0  # λ in λ·(F − τ)²
     distill_weight: float = 1.0  # α in α·KD(student, full path)
     distill_temperature: float = 1.0
+    relaxation: str = "hard"  # hard: straight-through one-hot; soft: the Gumbel-softmax mixture of options
     tau_start: float = 5.0  # Gumbel-softmax temperature, annealed exponentially ...
     tau_end: float = 0.5  # ... to this at the end of training
     warmup_epochs: int = 0  # epochs training the cheap ops with random options before the gates learn
@@ -60,9 +62,11 @@ class FinetuneConfig:
             raise VaredError(f"--target-flops must be in (0, 1], got {self.target_flops}")
         if self.train not in ("gates", "all"):
             raise VaredError(f"--train must be gates or all, got {self.train!r}")
+        if self.relaxation not in ("hard", "soft"):
+            raise VaredError(f"--relaxation must be hard or soft, got {self.relaxation!r}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise VaredError(f"--amp must be auto, bf16, fp16 or off, got {self.amp!r}")
-        for name in ("epochs", "batch_size", "frames", "stride", "size", "val_clips"):
+        for name in ("epochs", "batch_size", "frames", "stride", "size", "train_clips", "val_clips"):
             if getattr(self, name) < 1:
                 raise VaredError(f"--{name.replace('_', '-')} must be at least 1")
         if self.warmup_epochs >= self.epochs:

@@ -129,7 +129,7 @@ def finetune(
                              "or choose another --run-dir")
         common = dict(frames=cfg.frames, stride=cfg.stride, size=cfg.size, normalization=info.arch.normalization,
                       seed=cfg.seed)
-        train_set = VideoClipDataset.from_index(index, "train", train=True, **common)
+        train_set = VideoClipDataset.from_index(index, "train", train=True, clips_per_video=cfg.train_clips, **common)
         val_set = VideoClipDataset.from_index(index, "val", train=False, clips_per_video=cfg.val_clips, **common)
         if len(train_set) < cfg.batch_size * runtime.world_size:
             raise VaredError(f"{len(train_set)} training videos are fewer than one batch "

@@ -38,11 +38,16 @@ def train_classifier(
     device: torch.device = torch.device("cpu"),
     on_step: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
-    """AdamW with a cosine schedule over ``epochs``; ``train_batches(epoch)`` yields collated batches."""
+    """AdamW, warm-up then cosine over ``epochs``; ``train_batches(epoch)`` yields collated batches."""
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     total = max(1, steps_per_epoch * epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    warm = max(1, total // 20)
+
+    def schedule(s: int) -> float:  # linear warm-up over 5% of the steps, then cosine to zero
+        return (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * min(s - warm, total - warm) / (total - warm)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     step = 0
     for epoch in range(epochs):
         model.train()

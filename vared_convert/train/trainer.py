@@ -208,10 +208,11 @@ class Finetuner:
         return torch.autocast(self.runtime.device.type, dtype=self.amp_dtype)
 
     def _set_train_mode(self) -> None:
+        """Train mode, with the backbone's BatchNorm statistics frozen unless asked (the gates' always learn)."""
         self.model.train()
         if not self.cfg.train_bn:
-            for m in self.model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for name, m in self.model.named_modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and ".gate." not in f".{name}.":
                     m.eval()
 
     def temperature(self, step: int) -> float:
@@ -224,7 +225,7 @@ class Finetuner:
         device = self.runtime.device
         clips = batch["clip"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
-        set_temperature(self.model, self.temperature(self.step))
+        set_temperature(self.model, self.temperature(self.step), self.cfg.relaxation)
         set_policy(self.model, "random" if warmup else None)
         teacher = None
         if self.cfg.distill_weight > 0:

@@ -1,0 +1,145 @@
+"""vared finetune: the FLOPs ratio moves to the target, Ctrl-C then --resume is exact, DDP ranks agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from finetune_helpers import CLIP, converted_tiny, ddp_worker, tiny_dataset
+from vared_convert.checkpoint import load_model
+from vared_convert.errors import VaredError
+from vared_convert.train.finetune import finetune
+from vared_convert.train.state import load_training_state
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    data = tiny_dataset(root / "data", train_per_class=3, val_per_class=1)
+    model = converted_tiny(root / "tiny_vared.pth")
+    return root, data, model
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_flops_ratio_moves_toward_the_target(setup, tmp_path):
+    _, data, model = setup
+    result = finetune(model, dict(CLIP, data=str(data), epochs=4, target_flops=0.45, lr=2e-2, flops_weight=20,
+                                  run_dir=str(tmp_path / "run")))
+    train = [m for m in _metrics(result.run_dir) if m["kind"] == "train"]
+    val = [m for m in _metrics(result.run_dir) if m["kind"] == "val"]
+    first, last = sum(m["flops_ratio"] for m in train[:3]) / 3, sum(m["flops_ratio"] for m in train[-3:]) / 3
+    assert first > 0.6 and last < first - 0.1, (first, last)
+    assert abs(val[-1]["flops_ratio"] - 0.45) < abs(val[0]["flops_ratio"] - 0.45) or val[-1]["flops_ratio"] < 0.55
+    for name in ("config.yaml", "metrics.jsonl", "last.pth", "best.pth", "final.pth"):
+        assert (result.run_dir / name).exists(), name
+    final = load_model(result.out)  # ready for profile / export: a plain vared model file
+    assert final.vared_info.class_names == sorted(final.vared_info.class_names) and len(final.vared_info.class_names) == 8
+    assert {"top1", "top1_full", "flops_ratio", "class_option_counts"} <= set(val[-1])
+
+
+def test_ctrl_c_saves_and_resume_is_exact(setup, tmp_path):
+    _, data, model = setup
+    opts = dict(CLIP, data=str(data), epochs=2, target_flops=0.5, lr=1e-2, warmup_epochs=0)
+    reference = finetune(model, dict(opts, run_dir=str(tmp_path / "reference")))
+    steps_per_epoch = load_training_state(reference.run_dir / "last.pth")["step"] // 2
+
+    def ctrl_c_at_step_3(kind, data):
+        if kind in ("step", "tick") and data["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered mid-epoch
+
+    interrupted = finetune(model, dict(opts, run_dir=str(tmp_path / "run")), on_event=ctrl_c_at_step_3)
+    assert interrupted.interrupted and interrupted.out is None
+    state = load_training_state(tmp_path / "run" / "last.pth")
+    assert state["step"] == 3 and 0 < state["step_in_epoch"] < steps_per_epoch
+    resumed = finetune(model, {}, resume=tmp_path / "run" / "last.pth")
+    assert not resumed.interrupted and resumed.out is not None
+    expected, got = reference.model.state_dict(), resumed.model.state_dict()
+    assert set(expected) == set(got)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_end_with_identical_weights(setup, tmp_path):
+    _, data, model = setup
+    mp.spawn(ddp_worker, args=(2, _free_port(), str(model), str(data), str(tmp_path / "run"), str(tmp_path)),
+             nprocs=2, join=True)
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    changed = False
+    start = load_model(model).state_dict()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+        changed |= not torch.equal(rank0[key], start[key])
+    assert changed, "training changed nothing"
+    assert (tmp_path / "run" / "final.pth").exists()  # rank 0 saved
+
+
+def test_cli_under_torchrun_and_ctrl_c(setup, run_vared, tmp_path):
+    _, data, model = setup
+    common = ["--data", data, "--frames", "4", "--stride", "2", "--size", "28", "--batch-size", "4",
+              "--workers", "1", "--target-flops", "0.5", "--device", "cpu"]
+    proc = run_vared("finetune", model, *common, "--epochs", "1", "--run-dir", tmp_path / "ddp")
+    assert proc.returncode == 0, proc.stderr
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(os.path.dirname(__file__)), OMP_NUM_THREADS="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(_free_port()), "-m", "vared_convert", "finetune", str(model), *map(str, common), "--epochs", "1",
+                "--run-dir", str(tmp_path / "torchrun")]
+    done = subprocess.run(torchrun, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "torchrun" / "final.pth").exists()
+    assert done.stdout.count("epoch 1: val top-1") == 1  # only rank 0 prints
+
+    cmd = [sys.executable, "-m", "vared_convert", "finetune", str(model), *map(str, common), "--epochs", "50",
+           "--run-dir", str(tmp_path / "sigint"), "--log-every", "1"]
+    run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "sigint" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+        time.sleep(0.1)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 130, err
+    assert "--resume" in out and (tmp_path / "sigint" / "last.pth").exists()
+
+
+def test_bad_inputs(setup, tmp_path):
+    root, data, model = setup
+    plain = tmp_path / "plain.pth"
+    torch.save({"w": torch.zeros(1)}, plain)
+    with pytest.raises(VaredError, match="not a"):
+        finetune(plain, dict(CLIP, data=str(data)))
+    with pytest.raises(VaredError, match="at or below the cheapest"):
+        finetune(model, dict(CLIP, data=str(data), target_flops=0.05, run_dir=str(tmp_path / "a")))
+    with pytest.raises(VaredError, match="--data"):
+        finetune(model, dict(CLIP))
+    with pytest.raises(VaredError, match="target-flops"):
+        finetune(model, dict(CLIP, data=str(data), target_flops=1.5))
+    with pytest.raises(VaredError, match="unknown finetune option"):
+        finetune(model, dict(CLIP, data=str(data), learning_rate=1.0))
+    other = converted_tiny(tmp_path / "five.pth")
+    raw = torch.load(other, weights_only=True)
+    raw["class_names"] = ["a", "b", "c", "d", "e", "f", "g", "h"]
+    torch.save(raw, other)
+    with pytest.raises(VaredError, match="checker"):  # the data has classes the model does not know
+        finetune(other, dict(CLIP, data=str(data), run_dir=str(tmp_path / "b")))
+    finetune(model, dict(CLIP, data=str(data), epochs=1, max_steps=1, run_dir=str(tmp_path / "c")))
+    with pytest.raises(VaredError, match="already holds a run"):
+        finetune(model, dict(CLIP, data=str(data), run_dir=str(tmp_path / "c")))
