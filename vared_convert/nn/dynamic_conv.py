@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gate import SoftModulationGate, default_gate_hidden
-from .rebuild import ChannelRebuild, FrameRebuild
+from .rebuild import ChannelRebuild, FrameRebuild, memory_format_of
 
 __all__ = ["ConvOption", "DynamicConv3d", "conv_output_frames"]
 
@@ -227,9 +227,14 @@ class DynamicConv3d(nn.Module):
         if len(present) == 1:
             return self.run_option(x, present[0])
         order = torch.argsort(choice, stable=True)
-        groups = torch.split(x.index_select(0, order), [counts[o] for o in present])
-        outs = torch.cat([self.run_option(g, o) for g, o in zip(groups, present)])
-        return torch.empty_like(outs).index_copy_(0, order, outs)
+        out = None
+        for index, option in zip(torch.split(order, [counts[o] for o in present]), present):
+            part = self.run_option(x[index], option)  # advanced indexing keeps x's memory layout
+            if out is None:
+                out = torch.empty((x.shape[0], *part.shape[1:]), dtype=part.dtype, device=part.device,
+                                  memory_format=memory_format_of(part))
+            out[index] = part
+        return out
 
     def extra_repr(self) -> str:
         opts = ", ".join(f"({o.temporal},{o.channels})" for o in self.options)
