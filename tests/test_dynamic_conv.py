@@ -185,3 +185,33 @@ def test_forced_policy_ignores_the_gate():
     x = torch.randn(2, 16, 8, 10, 10)
     with torch.no_grad():
         torch.testing.assert_close(dyn(x), dyn.run_option(x, 4))
+
+
+def test_training_path_has_the_gradients_of_the_weighted_sum_of_all_options():
+    """The cheap training path (autograd only through the chosen branch) equals sum_o w_o * y_o exactly."""
+    conv, dyn = make("3x3x3-strided")
+    dyn.train()
+    dyn.temperature = 2.0
+    with torch.no_grad():  # a gate that spreads its choices
+        dyn.gate.fc2.weight.normal_(0, 1.0)
+    x = torch.randn(6, 16, 7, 10, 10, requires_grad=True)
+    probe = torch.randn(6, 16, 4, 5, 5)
+    params = [p for p in dyn.parameters() if p.requires_grad]
+
+    torch.manual_seed(3)
+    fast = dyn(x)
+    assert len(set(dyn.last_choice.tolist())) > 1
+    grads_fast = torch.autograd.grad((fast * probe).sum(), params + [x], allow_unused=True)
+
+    torch.manual_seed(3)
+    weights = dyn.gate.straight_through(dyn.gate(x), dyn.temperature)
+    full = F.conv3d(x, dyn.weight, dyn.bias, dyn.stride, dyn.padding, dyn.dilation, dyn.groups)
+    naive = sum(weights[:, o].view(-1, 1, 1, 1, 1) * dyn._derive(full, o, full.shape[2]) for o in range(6))
+    grads_naive = torch.autograd.grad((naive * probe).sum(), params + [x], allow_unused=True)
+
+    torch.testing.assert_close(fast, naive, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(grads_fast, grads_naive):
+        if expected is None:
+            assert got is None or got.abs().sum() == 0
+        else:
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

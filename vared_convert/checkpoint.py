@@ -34,6 +34,8 @@ __all__ = [
     "load_weights",
     "load_model",
     "save_model",
+    "model_payload",
+    "model_from_payload",
 ]
 
 FORMAT, FORMAT_VERSION = "vared", 1
@@ -165,12 +167,13 @@ def is_vared_checkpoint(obj: Any) -> bool:
     return isinstance(obj, Mapping) and obj.get("format") == FORMAT
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, force: bool = False) -> Path:
-    """Write ``model`` (with its :class:`ModelInfo`) atomically in the self-describing vared format."""
+def model_payload(model: nn.Module) -> dict[str, Any]:
+    """The self-describing dict of ``model`` (format, arch, recipe, class names, state_dict), all plain data."""
     info = model_info(model)
     if info is None:
         raise VaredError("the model carries no vared info (arch, recipe); build it with convert() or load_model()")
-    payload = {
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "arch": info.arch.to_dict(),
@@ -178,9 +181,29 @@ def save_model(model: nn.Module, path: str | os.PathLike, force: bool = False) -
         "class_names": list(info.class_names) if info.class_names else None,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, force: bool = False) -> Path:
+    """Write ``model`` (with its :class:`ModelInfo`) atomically in the self-describing vared format."""
+    payload = model_payload(model)
     with atomic_output(path, force) as tmp:
         torch.save(payload, tmp)
     return Path(path)
+
+
+def model_from_payload(raw: Mapping[str, Any], source: str = "checkpoint") -> nn.Module:
+    """Rebuild a model from a vared payload: build the architecture, re-apply the recipe, load the weights."""
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise VaredError(f"{source}: vared format version {version} is not supported (this vared reads 1)")
+    spec = ArchSpec.from_dict(raw["arch"])
+    recipe = Recipe.from_dict(raw["recipe"]) if raw.get("recipe") else None
+    model = build_model(spec)
+    if recipe is not None:
+        apply_recipe(model, recipe)
+    load_weights(model, raw["state_dict"], spec.name)
+    model.vared_info = ModelInfo(spec, recipe, raw.get("class_names"))
+    return model.eval()
 
 
 def load_model(
@@ -196,25 +219,19 @@ def load_model(
     differs from the architecture's default); the result is then the plain, unconverted network.
     """
     raw = read_checkpoint(path, trust_pickle=trust_pickle)
+    if isinstance(raw, Mapping) and raw.get("format") == "vared-train" and is_vared_checkpoint(raw.get("model")):
+        raw = raw["model"]  # a finetune run's last.pth: its model
     if is_vared_checkpoint(raw):
-        version = raw.get("format_version")
-        if version != FORMAT_VERSION:
-            raise VaredError(f"{path}: vared format version {version} is not supported (this vared reads 1)")
-        spec = ArchSpec.from_dict(raw["arch"])
-        recipe = Recipe.from_dict(raw["recipe"]) if raw.get("recipe") else None
-        model = build_model(spec)
-        if recipe is not None:
-            apply_recipe(model, recipe)
-        load_weights(model, raw["state_dict"], spec.name)
-        info = ModelInfo(spec, recipe, raw.get("class_names") or class_names)
-    else:
-        if arch is None:
-            raise VaredError(f"{path}: a plain checkpoint; say which network it is with --arch (e.g. torchvision:r3d_18)")
-        spec = arch if isinstance(arch, ArchSpec) else ArchSpec(arch, num_classes)
-        state_dict, _ = extract_state_dict(raw)
-        model = build_model(spec)
-        load_weights(model, state_dict, spec.name)
-        names = class_names or (raw.get("class_names") if isinstance(raw, Mapping) else None)
-        info = ModelInfo(spec, None, list(names) if names else None)
-    model.vared_info = info
+        model = model_from_payload(raw, str(path))
+        if class_names and not model.vared_info.class_names:
+            model.vared_info.class_names = list(class_names)
+        return model
+    if arch is None:
+        raise VaredError(f"{path}: a plain checkpoint; say which network it is with --arch (e.g. torchvision:r3d_18)")
+    spec = arch if isinstance(arch, ArchSpec) else ArchSpec(arch, num_classes)
+    state_dict, _ = extract_state_dict(raw)
+    model = build_model(spec)
+    load_weights(model, state_dict, spec.name)
+    names = class_names or (raw.get("class_names") if isinstance(raw, Mapping) else None)
+    model.vared_info = ModelInfo(spec, None, list(names) if names else None)
     return model.eval()

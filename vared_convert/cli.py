@@ -93,7 +93,7 @@ def convert(
     num_classes: Annotated[Optional[int], typer.Option(help="Classifier size, when it differs from the "
                                                        "architecture's default.")] = None,
     input_shape: Annotated[Optional[str], typer.Option(help="Clip shape C,T,H,W for analysis and verification "
-                                                       "[default: the architecture's usual clip].")] = None,
+                                                       "\\[default: the architecture's usual clip].")] = None,
     temporal: Annotated[str, typer.Option(help="Temporal stride factors R to offer (1 = every frame).")] = "1,2",
     channel: Annotated[str, typer.Option(help="Output-channel ratios r to offer (1 = every channel).")] = "1,0.5,0.25",
     skip: Annotated[list[str], typer.Option(help="Keep matching convs static (fnmatch pattern or module "
@@ -160,6 +160,172 @@ def convert(
         f"(max abs difference {report.max_abs_error:.2g})"
     )
     console.print(f"wrote {out}")
+
+
+# ---------------------------------------------------------------------------------------------- profile
+def _option_summary(counts: dict[str, int], limit: int = 3) -> str:
+    total = sum(counts.values())
+    if not total:
+        return ""
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return "  ".join(f"{label} {100 * n / total:.0f}%" for label, n in top)
+
+
+def print_profile(report, title: str) -> None:
+    """The per-layer table, totals, units and latency lines of `vared profile`."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("layer", no_wrap=True)
+    table.add_column("out C×T", no_wrap=True)
+    table.add_column("original", justify="right", no_wrap=True)
+    table.add_column("adaptive" if report.mode != "static" else "cheapest–full", justify="right", no_wrap=True)
+    table.add_column("saving", justify="right", no_wrap=True)
+    if report.mode != "static":
+        table.add_column("options chosen (T,C)")
+    for row in report.layers:
+        if report.mode == "static" and row.dynamic:
+            adaptive, saving = f"{row.min_macs / 1e9:.3f}–{row.original_macs / 1e9:.3f}", f"≤{100 * (1 - row.min_macs / row.original_macs):.0f}%"
+        else:
+            adaptive, saving = f"{row.adaptive_macs / 1e9:.3f}", f"{100 * row.saving:.0f}%" if row.dynamic else "static"
+        cells = [row.name, fmt_shape(row.output_shape), f"{row.original_macs / 1e9:.3f}", adaptive, saving]
+        table.add_row(*cells, *([_option_summary(row.option_counts)] if report.mode != "static" else []))
+    other = f"{report.other_macs / 1e9:.3f}"
+    table.add_row("(other layers)", "", other, other, "static", *([""] if report.mode != "static" else []))
+    console.print(table)
+    o, a = report.original_macs / 1e9, report.adaptive_macs / 1e9
+    if report.mode == "static":
+        console.print(f"total: original {o:.3f} GFLOPs; adaptive between {report.min_macs / 1e9:.3f} (every gate at its "
+                      f"cheapest) and {o + report.gate_macs / 1e9:.3f}: decisions need clips (--data) or --option T,C")
+    else:
+        what = f"mean over {report.clips} clips" if report.mode == "clips" else f"every gate forced to {report.option[0]},{report.option[1]:g}"
+        console.print(f"total: original {o:.3f} GFLOPs → adaptive {a:.3f} GFLOPs ({what}): FLOPs ratio "
+                      f"[bold]{report.flops_ratio:.3f}[/] (saving {100 * (1 - report.flops_ratio):.1f}%)")
+    console.print(f"gates: {report.gate_macs / 1e9:.4f} GFLOPs ({100 * report.gate_macs / report.original_macs:.2f}% of "
+                  f"the original){' — not run when forced' if report.mode == 'forced' else ''}")
+    console.print(f"units: GFLOPs = 10⁹ multiply-adds per clip of {fmt_shape(report.input_shape)} (fvcore's "
+                  "convention: one multiply-add = one FLOP)")
+    if report.latency is not None:
+        lat = report.latency
+        console.print(f"latency ({lat.original.device}, {lat.original.threads} threads, median of {lat.original.repeats} "
+                      f"after warm-up, batch 1): original {lat.original.median_ms:.1f} ms, adaptive "
+                      f"{lat.adaptive.median_ms:.1f} ms → time ratio [bold]{lat.time_ratio:.3f}[/] (FLOPs ratio "
+                      f"{report.flops_ratio:.3f})")
+    for cls, counts in sorted(report.class_histograms.items()):
+        console.print(f"  class {cls}: {_option_summary(counts, limit=6)}")
+
+
+@app.command()
+def profile(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A vared model (or a plain checkpoint with --arch).")],
+    arch: Annotated[Optional[str], typer.Option("--arch", "-a", help="Architecture of a plain checkpoint.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Classifier size of a plain checkpoint.")] = None,
+    input_shape: Annotated[Optional[str], typer.Option(help="Clip shape C,T,H,W \\[default: the recipe's].")] = None,
+    option: Annotated[Optional[str], typer.Option(help="Force every gate to T,C (temporal factor, channel "
+                                                  "ratio), e.g. 2,0.5.")] = None,
+    latency: Annotated[bool, typer.Option("--latency", help="Also time original and adaptive on the same inputs.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (for --latency and --data).")] = "auto",
+    repeats: Annotated[int, typer.Option(help="Timed repeats for --latency (median reported).")] = 10,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the report as JSON to PATH ('-': stdout).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Draw per-layer original vs adaptive GFLOPs to a PNG.")] = None,
+    trust_pickle: Annotated[bool, typer.Option(help="Allow pickled objects in a plain checkpoint.")] = False,
+) -> None:
+    """Per-layer FLOPs (fvcore) and measured latency, original against adaptive."""
+    from .checkpoint import load_model
+    from .profile import parse_option, profile_model
+    from .timing import resolve_device
+
+    forced = parse_option(option) if option else None
+    shape = parse_ints(input_shape, "--input-shape") if input_shape else None
+    if shape is not None and len(shape) != 4:
+        raise VaredError(f"--input-shape must be C,T,H,W, got {input_shape}")
+    target = resolve_device(device)
+    model = load_model(model_path, arch, num_classes=num_classes, trust_pickle=trust_pickle).to(target)
+    if model.vared_info.recipe is None and shape is None:
+        from .arch import default_input_shape
+
+        shape = default_input_shape(model.vared_info.arch.name)
+    with err_console.status("counting FLOPs" + (" and timing" if latency else "") + " ..."):
+        report = profile_model(model, shape, option=forced, latency=latency, repeats=repeats)
+    _emit_profile(report, model_path, json_out, plot)
+
+
+def _emit_profile(report, model_path: Path, json_out: Optional[str], plot: Optional[Path]) -> None:
+    if json_out == "-":
+        print_json(report.to_dict())
+    else:
+        print_profile(report, f"{model_path.name}: GFLOPs per layer ({report.mode})")
+        if json_out:
+            from .files import atomic_output
+
+            with atomic_output(json_out, force=True) as tmp:
+                tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            console.print(f"wrote {json_out}")
+    if plot:
+        from .plots import plot_layer_savings
+
+        plot_layer_savings(report, plot)
+        (err_console if json_out == "-" else console).print(f"wrote {plot}")
+
+
+# ---------------------------------------------------------------------------------------------- finetune
+def _d(name: str) -> str:
+    """The help suffix with a finetune option's default (flags default to None so that --config can set them)."""
+    from .train.config import FinetuneConfig
+
+    return f"\\[default: {getattr(FinetuneConfig(), name)}]"
+
+
+@app.command()
+def finetune(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A converted model (vared convert's output).")],
+    data: Annotated[Optional[str], typer.Option(help="Dataset root: class folders, list files or Kinetics CSVs.")] = None,
+    target_flops: Annotated[Optional[float], typer.Option(help=f"FLOPs ratio to reach (adaptive / original). {_d('target_flops')}")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help=f"Training epochs. {_d('epochs')}")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="The finetuned model (best epoch). \\[default: RUN_DIR/final.pth]")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run folder: config.yaml, metrics.jsonl, last.pth, best.pth. \\[default: runs/MODEL]")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue a run exactly from its last.pth.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of options (flags override it).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Clips per batch per process. {_d('batch_size')}")] = None,
+    workers: Annotated[Optional[int], typer.Option(help=f"Decoding processes per rank. {_d('workers')}")] = None,
+    frames: Annotated[Optional[int], typer.Option(help=f"Frames per clip. {_d('frames')}")] = None,
+    stride: Annotated[Optional[int], typer.Option(help=f"Frames between sampled frames. {_d('stride')}")] = None,
+    size: Annotated[Optional[int], typer.Option(help=f"Crop size in pixels. {_d('size')}")] = None,
+    layout: Annotated[Optional[str], typer.Option(help=f"Dataset layout: auto, folders, lists, kinetics. {_d('layout')}")] = None,
+    train: Annotated[Optional[str], typer.Option(help=f"What trains: gates (gates and cheap ops) or all (the backbone too). {_d('train')}")] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"Learning rate of gates and cheap ops. {_d('lr')}")] = None,
+    backbone_lr_scale: Annotated[Optional[float], typer.Option(help=f"Backbone lr = lr × this (with --train all). {_d('backbone_lr_scale')}")] = None,
+    flops_weight: Annotated[Optional[float], typer.Option(help=f"λ of the FLOPs term λ·(F − τ)². {_d('flops_weight')}")] = None,
+    distill_weight: Annotated[Optional[float], typer.Option(help=f"α of the distillation term (teacher: the full path). {_d('distill_weight')}")] = None,
+    tau_start: Annotated[Optional[float], typer.Option(help=f"Gumbel-softmax temperature at the start. {_d('tau_start')}")] = None,
+    tau_end: Annotated[Optional[float], typer.Option(help=f"... annealed exponentially to this. {_d('tau_end')}")] = None,
+    warmup_epochs: Annotated[Optional[int], typer.Option(help=f"Epochs training the cheap ops with random options first. {_d('warmup_epochs')}")] = None,
+    train_bn: Annotated[Optional[bool], typer.Option("--train-bn/--freeze-bn", help="Update BatchNorm statistics. \\[default: frozen]")] = None,
+    reset_head: Annotated[Optional[bool], typer.Option("--reset-head", help="Train a new classifier for the dataset's classes.")] = None,
+    device: Annotated[Optional[str], typer.Option(help=f"auto, cpu, cuda or cuda:N. {_d('device')}")] = None,
+    amp: Annotated[Optional[str], typer.Option(help=f"Mixed precision: auto (bf16 on CUDA), bf16, fp16, off. {_d('amp')}")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Random seed. {_d('seed')}")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (smoke runs). \\[default: no limit]")] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Also save last.pth every N steps. \\[default: at epoch ends]")] = None,
+    log_every: Annotated[Optional[int], typer.Option(help=f"Steps between metrics lines. {_d('log_every')}")] = None,
+) -> None:
+    """Learn the input-dependent policy to a FLOPs target (CPU, one GPU, or many with torchrun)."""
+    from .train.finetune import finetune as run_finetune
+
+    overrides = {k: v for k, v in dict(
+        data=data, target_flops=target_flops, epochs=epochs, out=str(out) if out else None,
+        run_dir=str(run_dir) if run_dir else None, batch_size=batch_size, workers=workers, frames=frames,
+        stride=stride, size=size, layout=layout, train=train, lr=lr, backbone_lr_scale=backbone_lr_scale,
+        flops_weight=flops_weight, distill_weight=distill_weight, tau_start=tau_start, tau_end=tau_end,
+        warmup_epochs=warmup_epochs, train_bn=train_bn, reset_head=reset_head, device=device, amp=amp, seed=seed,
+        max_steps=max_steps, save_every=save_every, log_every=log_every,
+    ).items() if v is not None}
+    from .progress import FinetuneDisplay
+
+    with FinetuneDisplay(console) as display:
+        result = run_finetune(model_path, overrides, config_file=config, resume=resume, on_event=display.on_event)
+    if result.interrupted:
+        console.print(f"[yellow]stopped[/]: saved {result.run_dir / 'last.pth'}; continue with "
+                      f"vared finetune {model_path} --resume {result.run_dir / 'last.pth'}")
+        raise typer.Exit(130)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from torch import nn
 
 from .nn import DynamicConv3d, conv_output_frames
 
-__all__ = ["OptionCost", "count_macs", "conv_macs", "option_costs", "gate_macs", "VARED_HANDLES"]
+__all__ = ["OptionCost", "CostModel", "LayerCostTable", "count_macs", "conv_macs", "option_costs", "gate_macs", "VARED_HANDLES"]
 
 
 def _mean_macs(inputs: list[Any], outputs: list[Any]) -> int:
@@ -106,3 +106,87 @@ def gate_macs(layer: DynamicConv3d, input_shape: Sequence[int]) -> int:
     gate = layer.gate
     n = input_shape[0]
     return math.prod(input_shape) + n * (gate.in_channels * gate.hidden + gate.hidden * gate.num_options)
+
+
+def _dynamic_layer_shapes(model: nn.Module, clip: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Run ``model`` once on ``clip`` (batch 1) with every gate forced to full; each dynamic conv's input shape."""
+    from .nn import dynamic_convs, forced_policy
+
+    with torch.no_grad(), forced_policy(model, (1, 1.0)):
+        model(clip)
+    return {name: layer.last_input_shape for name, layer in dynamic_convs(model)}
+
+
+@dataclass
+class LayerCostTable:
+    """A dynamic conv's costs at one clip shape (batch 1): every option's MACs and its gate's."""
+
+    name: str
+    layer: DynamicConv3d
+    input_shape: tuple[int, ...]
+    option_macs: list[int]
+    gate_macs: int
+
+    @property
+    def full_macs(self) -> int:
+        return self.option_macs[0]
+
+
+class CostModel:
+    """Costs of a (converted or plain) model at one clip shape, from one fvcore count and the analytic formulas.
+
+    ``original_macs`` is fvcore's count of the original network (every gate forced to full; fvcore's default
+    handles only). A clip's adaptive cost is the static part plus, for each dynamic conv, the chosen option's
+    MACs and its gate's.
+    """
+
+    def __init__(self, model: nn.Module, clip_shape: Sequence[int]):
+        from .nn import dynamic_convs, forced_policy
+
+        self.clip_shape = tuple(int(s) for s in clip_shape)
+        param = next(model.parameters(), None)
+        clip = torch.zeros(1, *self.clip_shape, device=param.device if param is not None else "cpu")
+        was_training = model.training
+        model.eval()
+        try:
+            shapes = _dynamic_layer_shapes(model, clip)
+            with forced_policy(model, (1, 1.0)):
+                self.original_macs, self.by_module = count_macs(model, clip, vared_handles=False)
+        finally:
+            model.train(was_training)
+        self.layers = [
+            LayerCostTable(name, layer, shapes[name], [c.total for c in option_costs(layer, shapes[name])],
+                           gate_macs(layer, shapes[name]))
+            for name, layer in dynamic_convs(model)
+        ]
+        self.static_macs = self.original_macs - sum(t.full_macs for t in self.layers)
+
+    @property
+    def gate_macs(self) -> int:
+        return sum(t.gate_macs for t in self.layers)
+
+    def min_macs(self, with_gates: bool = True) -> int:
+        """The cheapest the model can be: every dynamic conv in its cheapest option."""
+        return self.static_macs + sum(min(t.option_macs) + (t.gate_macs if with_gates else 0) for t in self.layers)
+
+    def forced_macs(self, options: Sequence[int]) -> int:
+        """The model's cost with layer ``i`` forced to option ``options[i]`` (no gates run)."""
+        return self.static_macs + sum(t.option_macs[o] for t, o in zip(self.layers, options))
+
+    def per_sample_macs(self, choices: Sequence[torch.Tensor], with_gates: bool = True) -> torch.Tensor:
+        """Per-video cost of a forward in gate mode, from each layer's ``last_choice`` (same order as ``layers``)."""
+        total = torch.full((len(choices[0]),), float(self.static_macs), dtype=torch.float64)
+        for table, choice in zip(self.layers, choices):
+            costs = torch.tensor(table.option_macs, dtype=torch.float64)
+            total += costs[choice.cpu()] + (table.gate_macs if with_gates else 0)
+        return total
+
+    def expected_ratio(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Differentiable FLOPs ratio per video from each layer's option weights (N, n_options), gates included."""
+        total = None
+        for table, w in zip(self.layers, weights):
+            costs = torch.tensor(table.option_macs, dtype=w.dtype, device=w.device)
+            layer = w @ costs + table.gate_macs
+            total = layer if total is None else total + layer
+        assert total is not None, "the model has no dynamic conv"
+        return (total + self.static_macs) / self.original_macs

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Timing", "measure", "resolve_device"]
+__all__ = ["Timing", "measure", "measure_interleaved", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -57,3 +57,25 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int = 3, rep
             sync()
             times.append((time.perf_counter() - start) * 1000)
     return Timing(statistics.median(times), min(times), max(times), repeats, str(device), torch.get_num_threads())
+
+
+def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 3,
+                        repeats: int = 10) -> dict[str, Timing]:
+    """Time several callables side by side: each round runs every one once, so background load hits all alike."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        sync()
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                sync()
+                times[name].append((time.perf_counter() - start) * 1000)
+    threads = torch.get_num_threads()
+    return {
+        name: Timing(statistics.median(t), min(t), max(t), repeats, str(device), threads) for name, t in times.items()
+    }

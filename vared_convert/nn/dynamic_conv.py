@@ -206,16 +206,40 @@ class DynamicConv3d(nn.Module):
         return self._forward_all_options(x, weights, choice)
 
     def _forward_all_options(self, x: torch.Tensor, weights: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
-        """Training: compute the full conv once, derive every option from it, mix by the gate's weights."""
+        """Training: the full conv once; every option derived from it; the gate's weights select.
+
+        The straight-through weights are one-hot in value, so the output is each video's chosen option, and the
+        only gradient a non-chosen option needs is the gate's: ``dL/dw_o = <dL/dout, y_o>``. So the chosen
+        branch runs with autograd, the others only as values: the same gradients as ``sum_o w_o * y_o`` at a
+        fraction of the backward cost.
+        """
         self.last_choice, self.last_weights = choice, weights
         full = F.conv3d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         frames = full.shape[2]
-        out = full * weights[:, 0].view(-1, 1, 1, 1, 1)
-        for o in range(1, self.num_options):
-            factor, k, _, _ = self._plan[o]
-            part = full[:, :k, ::factor] if factor > 1 else full[:, :k]
-            out = out + self.rebuild(part, o, frames) * weights[:, o].view(-1, 1, 1, 1, 1)
-        return out
+        options = range(self.num_options)
+        values = [full.detach()]
+        with torch.no_grad():
+            values += [self.rebuild(self._slice(full.detach(), o), o, frames) for o in options[1:]]
+        counts = torch.bincount(choice, minlength=self.num_options).tolist()
+        present = [o for o, c in enumerate(counts) if c]
+        if len(present) == 1:
+            out = self._derive(full, present[0], frames)
+        else:
+            out = torch.empty_like(full)
+            for o in present:
+                index = (choice == o).nonzero().squeeze(1)
+                out = out.index_copy(0, index, self._derive(full.index_select(0, index), o, frames))
+        gate_term = sum((weights[:, o] - weights[:, o].detach()).view(-1, 1, 1, 1, 1) * values[o] for o in options)
+        return out + gate_term
+
+    def _slice(self, full: torch.Tensor, option: int) -> torch.Tensor:
+        """Frames 0, R, 2R, ... and channels 0..k-1 of a full output: what ``option`` computes."""
+        factor, k, _, _ = self._plan[option]
+        return full[:, :k, ::factor] if factor > 1 else full[:, :k]
+
+    def _derive(self, full: torch.Tensor, option: int, frames: int) -> torch.Tensor:
+        """An option's output derived from the full conv's output (with autograd)."""
+        return full if option == 0 else self.rebuild(self._slice(full, option), option, frames)
 
     def _forward_decided(self, x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
         """Inference: each video pays only for its own option; a mixed batch is grouped by decision."""

@@ -21,7 +21,7 @@ class SoftModulationGate(nn.Module):
     converted model behaves exactly like the original until its gates are trained.
     """
 
-    def __init__(self, in_channels: int, num_options: int, hidden: int | None = None, full_bias: float = 3.0):
+    def __init__(self, in_channels: int, num_options: int, hidden: int | None = None, full_bias: float = 1.0):
         super().__init__()
         hidden = hidden or default_gate_hidden(in_channels)
         self.in_channels = in_channels

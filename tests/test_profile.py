@@ -1,0 +1,126 @@
+"""Profiling: fvcore totals, analytic per-option costs of a whole model, clips, latency, JSON and plots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models_for_tests import tiny
+from test_dynamic_conv import _steer_gate
+from vared_convert.arch import ArchSpec, build_model
+from vared_convert.checkpoint import save_model
+from vared_convert.convert import convert
+from vared_convert.errors import VaredError
+from vared_convert.flops import count_macs
+from vared_convert.nn import dynamic_convs, forced_policy
+from vared_convert.profile import profile_model
+
+OPTIONS = [(1, 1.0), (1, 0.5), (1, 0.25), (2, 1.0), (2, 0.5), (2, 0.25)]
+
+
+@pytest.fixture(scope="module")
+def r3d_full_size():
+    """torchvision r3d_18 at its usual clip, 3×16×112×112, converted (random weights)."""
+    original = build_model(ArchSpec("torchvision:r3d_18"))
+    return original, convert(original, (3, 16, 112, 112), arch="torchvision:r3d_18").model
+
+
+def test_r3d_18_original_equals_fvcore_and_every_option_matches_fvcore(r3d_full_size):
+    original, adaptive = r3d_full_size
+    clip = torch.zeros(1, 3, 16, 112, 112)
+    fvcore_total, _ = count_macs(original, clip, vared_handles=False)
+    report = profile_model(adaptive)
+    assert report.original_macs == fvcore_total
+    assert abs(report.original_macs / 1e9 - 40.74) < 0.01  # r3d_18's well-known ~40.7 GFLOPs
+    for option in OPTIONS:
+        forced = profile_model(adaptive, option=option)
+        with forced_policy(adaptive, option):
+            counted, _ = count_macs(adaptive, clip)
+        assert abs(forced.adaptive_macs - counted) <= 0.01 * counted, option
+        assert forced.mode == "forced" and forced.gate_macs == 0
+    cheapest = profile_model(adaptive, option=(2, 0.25))
+    assert cheapest.flops_ratio < 0.2
+
+
+def test_static_report_gives_ranges_and_json_keys(r3d_full_size):
+    _, adaptive = r3d_full_size
+    report = profile_model(adaptive)
+    data = report.to_dict()
+    assert report.mode == "static"
+    assert {"unit", "input_shape", "original_gflops", "adaptive_gflops", "flops_ratio", "gate_gflops", "layers"} <= set(data)
+    assert data["input_shape"] == [3, 16, 112, 112]
+    assert all({"name", "original_gflops", "adaptive_gflops", "option_counts"} <= set(layer) for layer in data["layers"])
+    dynamic = [layer for layer in report.layers if layer.dynamic]
+    assert len(dynamic) == 16 and all(layer.min_macs < layer.original_macs for layer in dynamic)
+    assert report.min_macs < report.original_macs < report.adaptive_macs  # the gates cost a little
+    assert report.gate_macs < 0.001 * report.original_macs
+    total = sum(layer.original_macs for layer in report.layers) + report.other_macs
+    assert total == report.original_macs
+
+
+def test_decisions_on_clips_are_counted_per_layer_and_class():
+    model = convert(tiny(), (3, 8, 32, 32)).model
+    layers = dynamic_convs(model)
+    name, steered = layers[0]
+    _steer_gate(steered, {0: 5})  # input channel 0 large -> option 5 (2, 0.25)
+    clips = torch.randn(4, 3, 8, 32, 32)
+    labels = torch.tensor([0, 1, 0, 1])
+    report = profile_model(model, clips=[(clips[:2], labels[:2]), (clips[2:], labels[2:])], class_names=["a", "b"])
+    assert report.mode == "clips" and report.clips == 4
+    row = next(r for r in report.layers if r.name == name)
+    assert sum(row.option_counts.values()) == 4
+    for r in report.layers:
+        if r.dynamic:
+            assert sum(r.option_counts.values()) == 4
+    assert set(report.class_histograms) == {"a", "b"}
+    assert sum(report.class_histograms["a"].values()) == 2 * len(layers)
+    # the mean over clips equals the per-layer sums plus static parts
+    dyn_sum = sum(r.adaptive_macs + r.gate_macs for r in report.layers if r.dynamic)
+    static_sum = sum(r.original_macs for r in report.layers if not r.dynamic) + report.other_macs
+    assert report.adaptive_macs == pytest.approx(dyn_sum + static_sum, rel=1e-9)
+
+
+def test_latency_is_measured_side_by_side():
+    model = convert(tiny(), (3, 8, 32, 32), arch=ArchSpec("models_for_tests:tiny")).model
+    report = profile_model(model, option=(2, 0.5), latency=True, repeats=3, warmup=1)
+    lat = report.latency.to_dict()
+    assert {"original_ms", "adaptive_ms", "time_ratio", "device", "threads"} <= set(lat)
+    assert lat["original_ms"] > 0 and lat["adaptive_ms"] > 0 and lat["device"] == "cpu"
+    assert lat["time_ratio"] == pytest.approx(lat["adaptive_ms"] / lat["original_ms"])
+
+
+def test_bad_options_and_shapes():
+    model = convert(tiny(), (3, 8, 32, 32), arch=ArchSpec("models_for_tests:tiny")).model
+    with pytest.raises(VaredError, match="search space"):
+        profile_model(model, option=(3, 0.5))
+    with pytest.raises(VaredError, match="search space"):
+        profile_model(model, option=(2, 0.3))
+    with pytest.raises(VaredError, match="rejects clips"):
+        profile_model(model, (5, 8, 32, 32))
+    with pytest.raises(VaredError, match="converted model"):
+        profile_model(tiny(), (3, 8, 32, 32), option=(2, 0.5))
+
+
+def test_cli_profile_json_plot_and_errors(run_vared, tmp_path):
+    model = convert(tiny(), (3, 8, 32, 32), arch=ArchSpec("models_for_tests:tiny")).model
+    path = save_model(model, tmp_path / "m.pth")
+    proc = run_vared("profile", path, "--option", "2,0.5", "--latency", "--repeats", "2",
+                     "--json", tmp_path / "r.json", "--plot", tmp_path / "s.png", check=True)
+    assert "FLOPs ratio" in proc.stdout and "time ratio" in proc.stdout and "GFLOPs = 10⁹ multiply-adds" in proc.stdout
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["latency"]["time_ratio"] > 0 and data["option"] == [2, 0.5]
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    proc = run_vared("profile", path, "--json", "-", check=True)
+    assert json.loads(proc.stdout)["mode"] == "static"
+    plain = tmp_path / "plain.pth"
+    torch.save(tiny().state_dict(), plain)
+    proc = run_vared("profile", plain, "--arch", "models_for_tests:tiny", "--input-shape", "3,8,32,32", "--json", "-",
+                     check=True)
+    assert json.loads(proc.stdout)["flops_ratio"] == 1.0
+    for args, needle in [(["--option", "2,x"], "--option"), (["--option", "4,0.5"], "search space"),
+                         (["--input-shape", "5,8,32,32"], "rejects clips")]:
+        proc = run_vared("profile", path, *args)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert needle in proc.stderr.strip().splitlines()[-1]

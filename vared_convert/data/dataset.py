@@ -1,0 +1,241 @@
+"""Clips from labelled videos as a torch Dataset, a collate that survives unreadable files, and the loader.
+
+An item whose video cannot be decoded is ``{"failed": path, "reason": why}`` instead of a clip. `collate_clips`
+drops such items and lists them under ``"failed"``, so the main process can report each bad file once with a
+`FailureLog` while training goes on.
+
+Randomness (clip start, crop, flip) is drawn per item from ``(seed, epoch, index)``: it differs between items,
+epochs and workers, and one seed and epoch give the same clips whatever the number of workers. `make_loader`
+advances the epoch each time the loader is iterated.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import VaredError
+from .decode import DecodeError, VideoReader
+from .layouts import VideoIndex, VideoRecord
+from .sampling import clip_span, clip_starts, clip_times
+from .transforms import ClipTransform, Stats, short_side_size
+
+__all__ = ["ClipLoader", "FailureLog", "VideoClipDataset", "collate_clips", "make_loader"]
+
+Item = dict[str, Any]
+
+
+class VideoClipDataset(Dataset):
+    """``clips_per_video`` clips of ``frames`` frames, ``stride`` apart, from each record.
+
+    Item ``i`` is clip ``i % clips_per_video`` of video ``i // clips_per_video``:
+    ``{"clip": float32 (3, T, size, size), "label": int, "video": int, "path": str}``, or
+    ``{"failed": path, "reason": str}`` when the video cannot be decoded. In evaluation the clips are centred
+    on equal segments of the video; in training each is at a random time.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[VideoRecord],
+        classes: Sequence[str],
+        *,
+        train: bool,
+        frames: int = 16,
+        stride: int = 4,
+        size: int = 112,
+        short_side: int | None = None,
+        clips_per_video: int = 1,
+        normalization: str | Stats = "kinetics",
+        flip: bool | None = None,
+        seed: int = 0,
+    ):
+        if frames < 1 or stride < 1 or clips_per_video < 1 or size < 1:
+            raise VaredError(
+                f"frames, stride, size and clips per video must be >= 1 (got {frames}, {stride}, {size}, "
+                f"{clips_per_video})"
+            )
+        self.records = list(records)
+        self.classes = list(classes)
+        self.train = train
+        self.frames = frames
+        self.stride = stride
+        self.clips_per_video = clips_per_video
+        self.seed = seed
+        self.transform = ClipTransform(size, short_side, train=train, flip=flip, normalization=normalization)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by workers, persistent or not
+
+    @classmethod
+    def from_index(cls, index: VideoIndex, split: str, **kwargs: Any) -> VideoClipDataset:
+        """The dataset of one split of an index (``train`` defaults to ``split == "train"``)."""
+        kwargs.setdefault("train", split == "train")
+        return cls(index.split(split), index.classes, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.records) * self.clips_per_video
+
+    @property
+    def num_videos(self) -> int:
+        """Distinct video files (what a `FailureLog` counts against)."""
+        return len({record.path for record in self.records})
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch the random clips are drawn for (`ClipLoader` does it on every pass)."""
+        self._epoch.fill_(epoch)
+
+    def __getitem__(self, index: int) -> Item:
+        video, clip = divmod(index, self.clips_per_video)
+        record = self.records[video]
+        rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
+        try:
+            frames = self._read(record, clip, rng)
+        except DecodeError as exc:
+            return {"failed": str(record.path), "reason": exc.reason}
+        return {"clip": self.transform(frames, rng), "label": record.label, "video": video, "path": str(record.path)}
+
+    def _read(self, record: VideoRecord, clip: int, rng: random.Random) -> torch.Tensor:
+        with VideoReader(record.path) as reader:
+            info = reader.info
+            end = info.duration if record.end is None else min(record.end, info.duration)
+            begin = min(record.start or 0.0, end)
+            span = clip_span(self.frames, self.stride, info.fps)
+            if self.train:
+                start = clip_starts(begin, end, span, train=True, rng=rng)[0]
+            else:
+                start = clip_starts(begin, end, span, train=False, clips=self.clips_per_video)[clip]
+            times = clip_times(start, self.frames, self.stride, info.fps, end=end)
+            return reader.read(times, size=short_side_size(info.height, info.width, self.transform.short_side))
+
+
+def collate_clips(items: Sequence[Item]) -> dict[str, Any]:
+    """Stack the decoded items; failed ones go to ``"failed"`` as ``(path, reason)`` pairs.
+
+    Returns ``{"clip": (B, 3, T, H, W), "label": (B,), "video": (B,), "path": [B], "failed": [...]}``. When
+    every item of the batch failed, ``clip``, ``label`` and ``video`` are ``None`` and ``path`` is empty:
+    skip the batch.
+    """
+    ok = [item for item in items if "failed" not in item]
+    failed = [(item["failed"], item["reason"]) for item in items if "failed" in item]
+    if not ok:
+        return {"clip": None, "label": None, "video": None, "path": [], "failed": failed}
+    return {
+        "clip": torch.stack([item["clip"] for item in ok]),
+        "label": torch.tensor([item["label"] for item in ok], dtype=torch.int64),
+        "video": torch.tensor([item["video"] for item in ok], dtype=torch.int64),
+        "path": [item["path"] for item in ok],
+        "failed": failed,
+    }
+
+
+class FailureLog:
+    """The unreadable videos met so far, each reported once; a `VaredError` when none of them decodes.
+
+    ``total_videos`` is the number of distinct files the loader can reach (`VideoClipDataset.num_videos`):
+    once all of them have failed without a single clip decoded, `add` raises.
+    """
+
+    def __init__(self, total_videos: int):
+        self.total_videos = total_videos
+        self.decoded = 0
+        self._reasons: dict[str, str] = {}
+        self._unreported: list[tuple[str, str]] = []
+
+    @property
+    def count(self) -> int:
+        """Distinct files that failed."""
+        return len(self._reasons)
+
+    def add(self, failed: Iterable[tuple[str, str]], decoded: int = 0) -> None:
+        """Record a batch's failures and how many clips it decoded."""
+        self.decoded += decoded
+        for path, reason in failed:
+            if path not in self._reasons:
+                self._reasons[path] = reason
+                self._unreported.append((path, reason))
+        if self.decoded == 0 and self.total_videos and self.count >= self.total_videos:
+            path, reason = next(iter(self._reasons.items()))
+            raise VaredError(f"none of the {self.count} videos could be decoded (e.g. {path}: {reason})")
+
+    def update(self, batch: dict[str, Any]) -> list[tuple[str, str]]:
+        """`add` a collated batch and return its failures not reported before."""
+        self.add(batch["failed"], decoded=len(batch["path"]))
+        return self.new()
+
+    def new(self) -> list[tuple[str, str]]:
+        """Failures not returned before, as ``(path, reason)``; each path comes out once."""
+        new, self._unreported = self._unreported, []
+        return new
+
+    def report(self, write: Callable[[str], None] = print) -> int:
+        """Write one line per new failure; return how many."""
+        new = self.new()
+        for path, reason in new:
+            write(f"skipped unreadable video {path}: {reason}")
+        return len(new)
+
+
+class ClipLoader(DataLoader):
+    """A DataLoader that sets the epoch of its dataset and sampler each time it is iterated."""
+
+    def __init__(self, dataset: Dataset, *, seed: int = 0, **kwargs: Any):
+        self.seed = seed
+        self.epoch = 0
+        super().__init__(dataset, generator=torch.Generator(), **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next pass draws (to resume a run)."""
+        self.epoch = epoch
+
+    def __iter__(self):  # noqa: ANN204 - DataLoader's own iterator type is private
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        for target in (self.dataset, self.sampler):
+            if hasattr(target, "set_epoch"):
+                target.set_epoch(epoch)
+        self.generator.manual_seed(random.Random(f"{self.seed}:{epoch}").getrandbits(63))  # shuffle order
+        return super().__iter__()
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    workers: int = 2,
+    shuffle: bool = False,
+    sampler: Sampler | None = None,
+    *,
+    seed: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = None,
+) -> ClipLoader:
+    """A `ClipLoader` with `collate_clips`, persistent seeded workers, and a shuffle order fixed by seed and epoch.
+
+    Pass a ``sampler`` (e.g. a ``DistributedSampler``) instead of ``shuffle``; its ``set_epoch`` is called too.
+    """
+    return ClipLoader(
+        dataset,
+        seed=seed,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_clips,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        persistent_workers=workers > 0,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
+        worker_init_fn=seed_worker if workers > 0 else None,
+    )
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed Python's and NumPy's global RNGs from the worker's torch seed, for any transform that uses them."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)

@@ -1,0 +1,317 @@
+"""Per-layer FLOPs and measured latency of a model, original against adaptive.
+
+Three modes, by what is given:
+
+* nothing: static analysis at the recipe's clip shape -- each layer's cost range, cheapest option to full;
+* ``clips``: the gates decide on real clips -- per-layer costs and option histograms averaged over them;
+* ``option=(T, C)``: every gate forced to one option (a what-if, as a static-policy export would run it).
+
+FLOPs are multiply-adds (fvcore's convention); the original model is fvcore's count, the adaptive cost per
+layer and option comes from the analytic formulas that tests check against fvcore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .arch import build_model
+from .errors import VaredError
+from .flops import CostModel
+from .nn import dynamic_convs, forced_policy, option_index
+from .recipe import model_info
+from .timing import Timing, measure_interleaved
+
+__all__ = ["LayerProfile", "ProfileReport", "profile_model", "original_network", "option_label", "parse_option"]
+
+
+def option_label(temporal: int, channels: int, out_channels: int) -> str:
+    """``"2,0.5"``: an option as the ``--option T,C`` flag writes it."""
+    return f"{temporal},{channels / out_channels:.3g}"
+
+
+def parse_option(text: str) -> tuple[int, float]:
+    """Parse ``T,C`` (temporal factor, channel ratio), e.g. ``2,0.5``."""
+    parts = text.replace(" ", "").split(",")
+    try:
+        temporal, ratio = int(parts[0]), float(parts[1])
+        if len(parts) != 2:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise VaredError(f"--option {text!r}: expected T,C such as 2,0.5 (temporal factor, channel ratio)") from None
+    return temporal, ratio
+
+
+@dataclass
+class LayerProfile:
+    """One conv's row in the report (MACs per clip at batch 1)."""
+
+    name: str
+    output_shape: tuple[int, ...]
+    original_macs: int
+    adaptive_macs: float  # mean over clips (or the forced option's cost; or the full cost without clips)
+    min_macs: int  # the cheapest option (equal to original for a static conv)
+    gate_macs: int = 0
+    option_counts: dict[str, int] = field(default_factory=dict)
+    dynamic: bool = False
+
+    @property
+    def saving(self) -> float:
+        return 1 - self.adaptive_macs / self.original_macs if self.original_macs else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dynamic": self.dynamic,
+            "output_shape": list(self.output_shape),
+            "original_gflops": self.original_macs / 1e9,
+            "adaptive_gflops": self.adaptive_macs / 1e9,
+            "min_gflops": self.min_macs / 1e9,
+            "gate_gflops": self.gate_macs / 1e9,
+            "option_counts": dict(self.option_counts),
+        }
+
+
+@dataclass
+class Latency:
+    original: Timing
+    adaptive: Timing
+
+    @property
+    def time_ratio(self) -> float:
+        return self.adaptive.median_ms / self.original.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "original_ms": self.original.median_ms,
+            "adaptive_ms": self.adaptive.median_ms,
+            "time_ratio": self.time_ratio,
+            "device": self.original.device,
+            "threads": self.original.threads,
+            "repeats": self.original.repeats,
+        }
+
+
+@dataclass
+class ProfileReport:
+    """Everything ``vared profile`` prints; ``to_dict`` has the fixed keys scripts read."""
+
+    mode: str  # "static", "clips" or "forced"
+    input_shape: tuple[int, ...]
+    original_macs: int
+    adaptive_macs: float
+    gate_macs: float  # what the gates themselves cost (included in adaptive_macs unless forced)
+    min_macs: int
+    layers: list[LayerProfile]
+    other_macs: int  # everything that is not a conv (norms, pools, classifier)
+    clips: int = 0
+    option: tuple[int, float] | None = None
+    latency: Latency | None = None
+    class_histograms: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.adaptive_macs / self.original_macs
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "unit": "GMACs (fvcore: one multiply-add = one FLOP), per clip",
+            "mode": self.mode,
+            "input_shape": list(self.input_shape),
+            "original_gflops": self.original_macs / 1e9,
+            "adaptive_gflops": self.adaptive_macs / 1e9,
+            "flops_ratio": self.flops_ratio,
+            "gate_gflops": self.gate_macs / 1e9,
+            "min_gflops": self.min_macs / 1e9,
+            "other_gflops": self.other_macs / 1e9,
+            "clips": self.clips,
+            "option": list(self.option) if self.option else None,
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+        if self.class_histograms:
+            data["class_option_counts"] = self.class_histograms
+        if self.latency is not None:
+            data["latency"] = self.latency.to_dict()
+        return data
+
+
+def original_network(model: nn.Module) -> nn.Module:
+    """The unconverted network with the same weights, rebuilt from the model's architecture spec."""
+    info = model_info(model)
+    if info is None or info.recipe is None:
+        return model
+    original = build_model(info.arch)
+    state = model.state_dict()
+    missing = [k for k in original.state_dict() if k not in state]
+    if missing:
+        raise VaredError(f"cannot rebuild the original network: {len(missing)} keys missing ({missing[0]}, ...)")
+    original.load_state_dict({k: state[k] for k in original.state_dict()})
+    param = next(model.parameters(), None)
+    return original.to(param.device if param is not None else "cpu").eval()
+
+
+def _conv_rows(model: nn.Module, costs: CostModel) -> tuple[list[LayerProfile], int]:
+    """One row per conv (dynamic or static) with its original cost; the rest of the model's cost."""
+    dynamic = {t.name: t for t in costs.layers}
+    rows = []
+    for name, module in model.named_modules():
+        if name in dynamic:
+            table = dynamic[name]
+            layer = table.layer
+            out = (layer.out_channels, layer.output_frames(table.input_shape[2]))
+            rows.append(LayerProfile(name, out, table.full_macs, table.full_macs, min(table.option_macs),
+                                     table.gate_macs, dynamic=True))
+        elif isinstance(module, nn.Conv3d) and costs.by_module.get(name):
+            macs = costs.by_module[name]
+            rows.append(LayerProfile(name, (module.out_channels,), macs, macs, macs))
+    other = costs.original_macs - sum(r.original_macs for r in rows)
+    return rows, other
+
+
+def _run(model: nn.Module, clip: torch.Tensor) -> torch.Tensor:
+    try:
+        return model(clip)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise VaredError(f"the model rejects clips of shape {tuple(clip.shape[1:])}: {first}") from exc
+
+
+@torch.no_grad()
+def profile_model(
+    model: nn.Module,
+    input_shape: Sequence[int] | None = None,
+    *,
+    clips: Iterable[tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+    class_names: Sequence[str] | None = None,
+    option: tuple[int, float] | None = None,
+    latency: bool = False,
+    repeats: int = 10,
+    warmup: int = 3,
+    latency_clips: int = 4,
+    on_batch: Callable[[int], None] | None = None,
+) -> ProfileReport:
+    """Profile ``model`` (converted or plain) per layer; optionally on real ``clips`` and with measured latency.
+
+    Args:
+        input_shape: clip shape (C, T, H, W); default the recipe's. With ``clips`` their own shape is used.
+        clips: batches ``(clips (N, C, T, H, W), labels or None)`` on which the gates decide.
+        option: force every gate to ``(temporal factor, channel ratio)``.
+        latency: time the original network and the adaptive model on the same inputs (batch 1).
+        on_batch: called with the number of clips after each batch (progress bars).
+    """
+    info = model_info(model)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    model.eval()
+    layers = dynamic_convs(model)
+    if option is not None:
+        _check_option(model, option)
+    iterator = iter(clips) if clips is not None else None
+    first = next(iterator, None) if iterator is not None else None
+    if clips is not None and first is None:
+        raise VaredError("no clip could be read from the data")
+    if first is not None:
+        input_shape = tuple(first[0].shape[1:])
+    elif input_shape is None:
+        if info is None or info.recipe is None:
+            raise VaredError("give the clip shape with --input-shape C,T,H,W (a plain model carries no recipe)")
+        input_shape = tuple(info.recipe.input_shape)
+    input_shape = tuple(int(s) for s in input_shape)
+    try:
+        costs = CostModel(model, input_shape)
+    except RuntimeError as exc:
+        raise VaredError(f"the model rejects clips of shape {input_shape}: {str(exc).splitlines()[0][:200]}") from exc
+    rows, other = _conv_rows(model, costs)
+    by_name = {r.name: r for r in rows}
+    labels = {name: [option_label(o.temporal, o.channels, layer.out_channels) for o in layer.options]
+              for name, layer in layers}
+
+    mode, n_clips, adaptive, gates = "static", 0, float(costs.original_macs), float(costs.gate_macs)
+    histograms: dict[str, Counter] = {}
+    sample_clips: list[torch.Tensor] = []
+    if option is not None:
+        mode, gates = "forced", 0.0
+        with forced_policy(model, option):
+            chosen = [layer.policy for _, layer in layers]
+        for table, index in zip(costs.layers, chosen):
+            by_name[table.name].adaptive_macs = table.option_macs[index]
+            by_name[table.name].option_counts = {labels[table.name][index]: 1}
+        adaptive = float(costs.forced_macs(chosen))
+    elif first is not None:
+        mode = "clips"
+        sums = {t.name: 0.0 for t in costs.layers}
+        counts: dict[str, Counter] = {t.name: Counter() for t in costs.layers}
+        total = 0.0
+        batch: tuple[torch.Tensor, torch.Tensor | None] | None = first
+        while batch is not None:
+            x, y = batch
+            x = x.to(device)
+            _run(model, x)
+            choices = [layer.last_choice for _, layer in layers]
+            total += float(costs.per_sample_macs(choices).sum())
+            for table, choice in zip(costs.layers, choices):
+                picked = choice.cpu().tolist()
+                sums[table.name] += sum(table.option_macs[c] for c in picked)
+                counts[table.name].update(labels[table.name][c] for c in picked)
+                if y is not None and class_names is not None:
+                    for c, label in zip(picked, y.tolist()):
+                        histograms.setdefault(class_names[label], Counter())[labels[table.name][c]] += 1
+            if len(sample_clips) < latency_clips:
+                sample_clips.extend(x[i : i + 1] for i in range(min(len(x), latency_clips - len(sample_clips))))
+            n_clips += len(x)
+            if on_batch:
+                on_batch(len(x))
+            batch = next(iterator, None)
+        for table in costs.layers:
+            by_name[table.name].adaptive_macs = sums[table.name] / n_clips
+            by_name[table.name].option_counts = dict(counts[table.name])
+        adaptive = total / n_clips
+    else:
+        adaptive = float(costs.original_macs + costs.gate_macs)
+
+    report = ProfileReport(
+        mode, input_shape, costs.original_macs, adaptive, gates, costs.min_macs(), rows, other, n_clips, option,
+        class_histograms={k: dict(v) for k, v in histograms.items()},
+    )
+    if latency:
+        inputs = sample_clips or [torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)]
+        report.latency = _measure_latency(model, inputs, option, repeats, warmup, device)
+    return report
+
+
+def _check_option(model: nn.Module, option: tuple[int, float]) -> None:
+    info = model_info(model)
+    layers = dynamic_convs(model)
+    if not layers:
+        raise VaredError("--option needs a converted model (this one has no dynamic conv); run vared convert first")
+    temporal, ratio = option
+    if info is not None and info.recipe is not None:
+        if temporal not in info.recipe.temporal or not any(abs(ratio - c) < 1e-9 for c in info.recipe.channel):
+            raise VaredError(
+                f"--option {temporal},{ratio:g} is not in this model's search space (temporal "
+                f"{','.join(map(str, info.recipe.temporal))}; channel {','.join(f'{c:g}' for c in info.recipe.channel)})"
+            )
+    for _, layer in layers:
+        option_index(layer, temporal, ratio)
+
+
+def _measure_latency(model: nn.Module, inputs: list[torch.Tensor], option: tuple[int, float] | None, repeats: int,
+                     warmup: int, device: torch.device) -> Latency:
+    original = original_network(model)
+
+    def run_all(net: nn.Module) -> Callable[[], None]:
+        def call() -> None:
+            for x in inputs:
+                net(x)
+
+        return call
+
+    with forced_policy(model, option) if option is not None else contextlib.nullcontext():
+        timings = measure_interleaved({"original": run_all(original), "adaptive": run_all(model)}, device, warmup,
+                                      repeats)
+    return Latency(timings["original"], timings["adaptive"])

@@ -1,0 +1,183 @@
+"""`vared finetune`: a converted model, a dataset and a FLOPs target in; a finetuned adaptive model out."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from ..checkpoint import load_model
+from ..errors import VaredError
+from ..files import atomic_output
+from ..recipe import model_info
+from .config import FinetuneConfig, load_config
+from .distributed import Runtime, setup_runtime, teardown_runtime
+from .state import load_training_state
+from .trainer import EventFn, Finetuner, ValidationResult
+
+__all__ = ["FinetuneResult", "finetune", "replace_head"]
+
+
+@dataclass
+class FinetuneResult:
+    """Where the run went and how it ended."""
+
+    run_dir: Path
+    out: Path | None  # the finetuned model (the best epoch), None when interrupted
+    last: ValidationResult | None
+    best: dict[str, Any]
+    interrupted: bool
+    model: nn.Module
+    config: FinetuneConfig
+
+
+class _SkippingSampler(DistributedSampler):
+    """A DistributedSampler (one replica by default) that can start an epoch after its first ``skip`` samples."""
+
+    def __init__(self, dataset: Any, runtime: Runtime, shuffle: bool, seed: int, drop_last: bool):
+        super().__init__(dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=shuffle, seed=seed,
+                         drop_last=drop_last)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.skip :])
+
+
+def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Swap the last ``nn.Linear`` (outside the gates) for a fresh one with ``num_classes`` outputs."""
+    from ..nn import DynamicConv3d
+    from ..recipe import replace_module
+
+    gate_modules = {id(m) for layer in model.modules() if isinstance(layer, DynamicConv3d) for m in layer.gate.modules()}
+    heads = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) not in gate_modules]
+    if not heads:
+        raise VaredError("--reset-head: the model has no nn.Linear classifier to replace")
+    name, old = heads[-1]
+    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device)
+    replace_module(model, name, new)
+    model_info(model).arch.num_classes = num_classes
+    return model
+
+
+def _check_model(model: nn.Module, path: str | os.PathLike) -> None:
+    info = model_info(model)
+    if info is None or info.recipe is None:
+        raise VaredError(
+            f"{path} is not a converted vared model; convert it first: vared convert {path} --arch ARCH "
+            f"--out {Path(path).stem}_vared.pth"
+        )
+
+
+def _head_size(model: nn.Module, clip_shape: tuple[int, ...], device: torch.device) -> int:
+    with torch.no_grad():
+        return int(model.eval()(torch.zeros(1, *clip_shape, device=device)).shape[1])
+
+
+def finetune(
+    model_path: str | os.PathLike,
+    overrides: dict[str, Any] | None = None,
+    *,
+    config_file: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    on_event: EventFn | None = None,
+) -> FinetuneResult:
+    """Learn the policy of a converted model to ``target_flops`` on ``data`` (see :class:`FinetuneConfig`).
+
+    Runs in one process, or in each process of a torchrun launch (DistributedDataParallel); only rank 0 logs
+    and writes files. ``resume`` continues a run from its ``last.pth`` exactly.
+    """
+    from ..data.dataset import FailureLog, VideoClipDataset, make_loader
+    from ..data.layouts import index_dataset
+
+    overrides = dict(overrides or {})
+    state = load_training_state(resume) if resume else None
+    cfg = load_config(config_file, overrides, base=state["config"] if state else None)
+    if not cfg.data:
+        raise VaredError("say where the videos are with --data DIR")
+    runtime = setup_runtime(cfg.device)
+    emit: EventFn = on_event if (on_event and runtime.is_main) else (lambda kind, data: None)
+    try:
+        torch.manual_seed(cfg.seed)
+        model = load_model(model_path)
+        _check_model(model, model_path)
+        info = model_info(model)
+        model.to(runtime.device)
+        clip_shape = (3, cfg.frames, cfg.size, cfg.size)
+        index = index_dataset(cfg.data, cfg.layout, class_names=None if cfg.reset_head else info.class_names)
+        classes = index.classes
+        head = _head_size(model, clip_shape, runtime.device)
+        if cfg.reset_head and head != len(classes):
+            replace_head(model, len(classes))
+        elif head != len(classes):
+            raise VaredError(
+                f"the dataset has {len(classes)} classes but the model's head has {head} outputs; pass --reset-head "
+                "to train a new classifier (with --train all for best results)"
+            )
+        info.class_names = list(classes)
+
+        run_dir = Path(resume).parent if resume else Path(cfg.run_dir or Path("runs") / Path(model_path).stem)
+        if not resume and (run_dir / "last.pth").exists():
+            raise VaredError(f"{run_dir} already holds a run; continue it with --resume {run_dir / 'last.pth'} "
+                             "or choose another --run-dir")
+        common = dict(frames=cfg.frames, stride=cfg.stride, size=cfg.size, normalization=info.arch.normalization,
+                      seed=cfg.seed)
+        train_set = VideoClipDataset.from_index(index, "train", train=True, **common)
+        val_set = VideoClipDataset.from_index(index, "val", train=False, clips_per_video=cfg.val_clips, **common)
+        if len(train_set) < cfg.batch_size * runtime.world_size:
+            raise VaredError(f"{len(train_set)} training videos are fewer than one batch "
+                             f"({cfg.batch_size} × {runtime.world_size} processes); lower --batch-size")
+        train_sampler = _SkippingSampler(train_set, runtime, shuffle=True, seed=cfg.seed, drop_last=True)
+        train_loader = make_loader(train_set, cfg.batch_size, cfg.workers, sampler=train_sampler, seed=cfg.seed,
+                                   drop_last=True, pin_memory=runtime.device.type == "cuda")
+        val_sampler = _SkippingSampler(val_set, runtime, shuffle=False, seed=cfg.seed, drop_last=False)
+        val_loader = make_loader(val_set, cfg.batch_size, cfg.workers, sampler=val_sampler, seed=cfg.seed)
+        train_failures, val_failures = FailureLog(train_set.num_videos), FailureLog(val_set.num_videos)
+
+        def report_failures(log: FailureLog, batch: dict[str, Any]) -> None:
+            new = log.update(batch)
+            if new:
+                emit("failed", {"files": new, "count": log.count})
+
+        def train_batches(epoch: int, skip_batches: int) -> Iterator[dict[str, Any]]:
+            train_sampler.skip = skip_batches * cfg.batch_size
+            train_loader.set_epoch(epoch)
+            for batch in train_loader:
+                report_failures(train_failures, batch)
+                yield batch
+
+        def val_batches() -> Iterator[dict[str, Any]]:
+            val_loader.set_epoch(0)
+            for batch in val_loader:
+                report_failures(val_failures, batch)
+                yield batch
+
+        if runtime.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_output(run_dir / "config.yaml", force=True) as tmp:
+                tmp.write_text(yaml.safe_dump({**cfg.to_dict(), "model": str(model_path), "classes": classes},
+                                              sort_keys=False))
+        trainer = Finetuner(model, cfg, runtime, train_batches, val_batches, len(train_loader), clip_shape, classes,
+                            run_dir, emit)
+        if state is not None:
+            trainer.resume(resume)
+        last = trainer.fit()
+        interrupted = trainer.epoch < cfg.epochs and trainer.step < trainer.total_steps
+        out = None
+        if runtime.is_main and not interrupted and (run_dir / "best.pth").exists():
+            out = Path(cfg.out) if cfg.out else run_dir / "final.pth"
+            with atomic_output(out, force=True) as tmp:
+                shutil.copyfile(run_dir / "best.pth", tmp)
+        runtime.barrier()
+        result = FinetuneResult(run_dir, out, last, trainer.best, interrupted, model, cfg)
+        emit("done", {"result": result})
+        return result
+    finally:
+        teardown_runtime(runtime)
