@@ -104,7 +104,8 @@ class ChannelRebuild(nn.Module):
 
     def ghosts(self, computed: torch.Tensor) -> torch.Tensor:
         """The ``total - computed`` rebuilt channels alone, in ``computed``'s memory layout."""
-        gathered = gather_channels(computed, self.source) if eager_inference() else computed.index_select(1, self.source)
+        fast = eager_inference()
+        gathered = gather_channels(computed, self.source) if fast else computed.index_select(1, self.source)
         if not gathered.is_contiguous():
             return self.conv(gathered)
         # NCDHW: a depthwise 1xkxk conv3d is a depthwise conv2d over (N, C·T, H, W), a shape that backends run
