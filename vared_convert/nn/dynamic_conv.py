@@ -172,11 +172,10 @@ class DynamicConv3d(nn.Module):
     def rebuild(self, computed: torch.Tensor, option: int, frames: int) -> torch.Tensor:
         """Apply φ_s then φ_t to a computed part, restoring the full output shape."""
         _, _, ci, ti = self._plan[option]
-        if ci >= 0:
-            computed = self.rebuild_channels[ci](computed)
-        if ti >= 0:
-            computed = self.rebuild_frames[ti](computed, frames)
-        return computed
+        if ti < 0:
+            return self.rebuild_channels[ci](computed) if ci >= 0 else computed
+        blocks = [computed, self.rebuild_channels[ci].ghosts(computed)] if ci >= 0 else [computed]
+        return self.rebuild_frames[ti].expand(blocks, frames)  # φ_s's channels go straight into φ_t's output
 
     def run_option(self, x: torch.Tensor, option: int) -> torch.Tensor:
         """Compute only what ``option`` needs, then rebuild: the inference path of one decision."""

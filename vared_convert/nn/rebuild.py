@@ -15,6 +15,8 @@ element-wise passes per phase instead of a padded copy, a depthwise conv and an 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -139,23 +141,33 @@ class FrameRebuild(nn.Module):
 
     def forward(self, computed: torch.Tensor, frames: int) -> torch.Tensor:
         """``computed``: (N, C, n, H, W) holding frames 0, R, 2R, ...; returns (N, C, frames, H, W)."""
+        return self.expand([computed], frames)
+
+    def expand(self, blocks: Sequence[torch.Tensor], frames: int) -> torch.Tensor:
+        """:meth:`forward` of the channel blocks ``blocks`` concatenated (without the concatenation in eager
+        inference: each block is written straight into its place in the output)."""
         if eager_inference():
-            return self._blend_into(computed, frames)
+            return self._blend_into(blocks, frames)
+        computed = torch.cat(list(blocks), dim=1) if len(blocks) > 1 else blocks[0]
         n, c, t, h, w = computed.shape
         padded = torch.cat([computed, computed[:, :, -1:]], dim=2)
         between = self.blend(padded).view(n, c, self.factor - 1, t, h, w).transpose(2, 3)
         full = torch.cat([computed.unsqueeze(3), between], dim=3).view(n, c, t * self.factor, h, w)
         return full if frames == t * self.factor else full[:, :, :frames]
 
-    def _blend_into(self, computed: torch.Tensor, frames: int) -> torch.Tensor:
-        """The same values, written phase by phase into one output in ``computed``'s memory layout."""
-        n, c, t, h, w = computed.shape
-        factor, layout = self.factor, memory_format_of(computed)
+    def _blend_into(self, blocks: Sequence[torch.Tensor], frames: int) -> torch.Tensor:
+        """The same values, written phase by phase into one output in the first block's memory layout."""
+        n, _, t, h, w = blocks[0].shape
+        c = sum(block.shape[1] for block in blocks)
+        factor, layout = self.factor, memory_format_of(blocks[0])
         if layout == torch.channels_last_3d:
-            phases = computed.new_empty((n, t, factor, h, w, c)).permute(0, 5, 1, 2, 3, 4)
+            phases = blocks[0].new_empty((n, t, factor, h, w, c)).permute(0, 5, 1, 2, 3, 4)
         else:
-            phases = computed.new_empty((n, c, t, factor, h, w))
-        phases[:, :, :, 0] = computed
+            phases = blocks[0].new_empty((n, c, t, factor, h, w))
+        computed, start = phases[:, :, :, 0], 0  # phase 0: the computed frames, block by block
+        for block in blocks:
+            computed[:, start : start + block.shape[1]] = block
+            start += block.shape[1]
         for p in range(1, factor):
             taps = self.blend.weight[p - 1 :: factor - 1, 0, :, 0, 0]  # (C, 2): weights of frame j and j + 1
             here, after = taps[:, 0].view(1, c, 1, 1, 1), taps[:, 1].view(1, c, 1, 1, 1)
