@@ -30,11 +30,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from vared_convert.arch import build_model
 from vared_convert.convert import convert
 from vared_convert.export import export_model, static_policy
-from vared_convert.flops import CostModel
+from vared_convert.flops import CostModel, option_costs
 from vared_convert.nn import dynamic_convs, option_index
 from vared_convert.timing import measure_interleaved, resolve_device
 
@@ -56,6 +57,7 @@ class Row:
     original_ms: float
     adaptive_ms: float
     flops_ratio: float
+    ideal_ms: float | None = None  # adaptive convs exactly at their FLOPs, cheap ops and gates free (eager only)
 
     @property
     def time_ratio(self) -> float:
@@ -66,8 +68,16 @@ class Row:
         """Share of the FLOPs saving realised in time (undefined when nothing is saved)."""
         return (1 - self.time_ratio) / (1 - self.flops_ratio) if self.flops_ratio < 0.99 else None
 
+    @property
+    def ideal(self) -> float | None:
+        """The realised share if only the convs' time changed, exactly with their FLOPs: what the static layers
+        (stem, norms, activations, residual adds) leave reachable."""
+        if self.ideal_ms is None or self.flops_ratio >= 0.99:
+            return None
+        return (1 - self.ideal_ms / self.original_ms) / (1 - self.flops_ratio)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "time_ratio": self.time_ratio, "realised": self.realised}
+        return {**asdict(self), "time_ratio": self.time_ratio, "realised": self.realised, "ideal": self.ideal}
 
 
 def pinned(model: torch.nn.Module, option: tuple[int, float]) -> torch.nn.Module:
@@ -81,30 +91,46 @@ def pinned(model: torch.nn.Module, option: tuple[int, float]) -> torch.nn.Module
     return copied
 
 
-def flops_ratios(model: torch.nn.Module, shape: tuple[int, ...]) -> dict[tuple[int, float], tuple[float, float]]:
+def flops_ratios(costs: CostModel) -> dict[tuple[int, float], tuple[float, float]]:
     """Per option: the whole model's FLOPs ratio with the gates running, and without (static export)."""
-    costs = CostModel(model, shape)
     ratios = {}
     for option in OPTIONS:
-        forced = costs.forced_macs([option_index(layer, *option) for _, layer in dynamic_convs(model)])
+        forced = costs.forced_macs([option_index(table.layer, *option) for table in costs.layers])
         ratios[option] = ((forced + costs.gate_macs) / costs.original_macs, forced / costs.original_macs)
     return ratios
 
 
-def bench_eager(name, original, adaptive, shape, batch, device, dtype, layout, ratios, repeats) -> list[Row]:
+def bench_eager(name, original, adaptive, costs, shape, batch, device, dtype, layout, repeats) -> list[Row]:
     clip = torch.randn(batch, *shape).to(device=device, dtype=dtype).contiguous(memory_format=layout)
 
     def ready(model: torch.nn.Module):
         model = model.to(device=device, dtype=dtype, memory_format=layout).eval()
         return lambda: model(clip)
 
+    def full_conv(layer, input_shape):  # the original conv of a dynamic layer, alone, on its input
+        x = torch.randn(batch, *input_shape[1:]).to(device=device, dtype=dtype).contiguous(memory_format=layout)
+        weight = layer.weight.detach().to(device=device, dtype=dtype).contiguous(memory_format=layout)
+        bias = None if layer.bias is None else layer.bias.detach().to(device=device, dtype=dtype)
+        return lambda: F.conv3d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+
     fns = {"original": ready(original)}
     for option in OPTIONS:
         fns[option] = ready(pinned(adaptive, option))
+    for table in costs.layers:
+        fns[table.name] = full_conv(table.layer, table.input_shape)
     timings = measure_interleaved(fns, device, warmup=2, repeats=repeats)
     base = timings["original"].median_ms
-    return [Row(name, "×".join(map(str, shape)), f"eager {device.type}", batch, f"{o[0]},{o[1]:g}", base,
-                timings[o].median_ms, ratios[o][0]) for o in OPTIONS]
+    ratios = flops_ratios(costs)
+    rows = []
+    for option in OPTIONS:
+        ideal = base
+        for table in costs.layers:  # each conv's time scaled by its own FLOPs under the option
+            conv = option_costs(table.layer, table.input_shape)
+            scale = conv[option_index(table.layer, *option)].conv / conv[0].conv
+            ideal -= timings[table.name].median_ms * (1 - scale)
+        rows.append(Row(name, "×".join(map(str, shape)), f"eager {device.type}", batch, f"{option[0]},{option[1]:g}",
+                        base, timings[option].median_ms, ratios[option][0], ideal))
+    return rows
 
 
 def _session(path: Path | bytes, threads: int):
@@ -202,12 +228,15 @@ def _check_pinned(session, model: torch.nn.Module, clip) -> float:
     return float((torch.from_numpy(got) - expected).abs().max())
 
 
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
 def print_table(rows: list[Row]) -> None:
     header = ["model", "clip", "backend", "batch", "option T,C", "original ms", "adaptive ms", "time ratio",
-              "FLOPs ratio", "realised"]
+              "FLOPs ratio", "realised", "ideal"]
     cells = [[r.model, r.clip, r.backend, str(r.batch), r.option, f"{r.original_ms:.1f}", f"{r.adaptive_ms:.1f}",
-              f"{r.time_ratio:.3f}", f"{r.flops_ratio:.3f}", "—" if r.realised is None else f"{r.realised:.2f}"]
-             for r in rows]
+              f"{r.time_ratio:.3f}", f"{r.flops_ratio:.3f}", _share(r.realised), _share(r.ideal)] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for c in cells:
@@ -225,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime "
                         "(default: PyTorch's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (ONNX Runtime runs on the CPU only)")
+    parser.add_argument("--layout", default="auto", choices=["auto", "channels-last", "ncdhw"],
+                        help="eager memory layout (auto: channels-last on the CPU)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="eager dtype")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -232,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = resolve_device(args.device), getattr(torch, args.dtype)
-    layout = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+    channels_last = args.layout == "channels-last" or (args.layout == "auto" and device.type == "cpu")
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
     repeats = args.repeats or (3 if args.quick else 10)
     batches = [int(b) for b in args.batches.split(",")]
     if args.quick:
@@ -247,10 +279,11 @@ def main(argv: list[str] | None = None) -> int:
             shape = quick_shape if args.quick else full_shape
             original = build_model(arch).eval()
             adaptive = convert(original, shape, arch=arch, verify=False).model
-            ratios = flops_ratios(adaptive, shape)
+            costs = CostModel(adaptive, shape)
+            ratios = flops_ratios(costs)
             for batch in batches:
                 if "eager" in backends:
-                    rows += bench_eager(name, original, adaptive, shape, batch, device, dtype, layout, ratios, repeats)
+                    rows += bench_eager(name, original, adaptive, costs, shape, batch, device, dtype, layout, repeats)
                     print(f"# {name} eager batch {batch} done", file=sys.stderr, flush=True)
                 if "onnxruntime" in backends:
                     rows += bench_onnx(name, original, adaptive, shape, batch, ratios, repeats, Path(tmp))
