@@ -186,15 +186,29 @@ def _input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[i
     return shape
 
 
+def _why(exc: Exception) -> str:
+    """The exception's type and first line (the exporters' reports run to pages)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
 def _program(module: nn.Module, example: torch.Tensor, dynamic_batch: bool) -> torch.export.ExportedProgram:
     torch._dynamo.reset()  # a previous export's cached state can otherwise pin the batch dimension
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
     try:
         with torch.no_grad():
+            # strict: dynamo traces every torch.cond within one graph at static shapes (non-strict export
+            # compiles each cond on its own, and the recompilations make the clip's dimensions symbolic)
             return torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes, strict=True)
-    except Exception as exc:  # torch.export reports many kinds of failure; all mean "this model does not export"
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise VaredError(f"torch.export could not export the model: {type(exc).__name__}: {first}") from exc
+    except Exception as exc:  # torch.export fails in many ways; each means "this model does not export"
+        raise VaredError(f"torch.export could not export the model: {_why(exc)}") from exc
+
+
+def _onnx_program(program: torch.export.ExportedProgram) -> Any:
+    try:
+        return torch.onnx.export(program, dynamo=True, verbose=False)
+    except Exception as exc:
+        raise VaredError(f"ONNX conversion failed: {_why(exc)}") from exc
 
 
 def _max_error(expected: Sequence[torch.Tensor], got: Sequence[Any]) -> float:
@@ -244,6 +258,8 @@ def export_model(
     """
     if onnx is None and pt2 is None:
         raise VaredError("nothing to write: give --onnx PATH and/or --pt2 PATH")
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise VaredError("export runs on the CPU: move the model there first (model.cpu())")
     outputs = [(Path(p), kind) for p, kind in ((onnx, "onnx"), (pt2, "pt2")) if p is not None]
     for path, _ in outputs:
         check_output_path(path, force)
@@ -256,15 +272,15 @@ def export_model(
         raise VaredError("the dynamic (If) export decides per clip: verify it with batch-1 clips")
     # a dynamic batch is traced at batch 2: torch.export specialises a dimension of size 1
     program = _program(module, torch.zeros(1 if dynamic else 2, *shape), dynamic_batch=not dynamic)
-    with _decisions(model, policy), torch.no_grad():
-        expected = [model(clip) for clip in clips]
+    if verify:
+        with _decisions(model, policy), torch.no_grad():
+            expected = [model(clip) for clip in clips]
 
     results = []
     for path, kind in outputs:
         with atomic_output(path, force) as tmp:
             if kind == "onnx":
-                exported = torch.onnx.export(program, dynamo=True, verbose=False)
-                exported.save(tmp, external_data=False)
+                _onnx_program(program).save(tmp, external_data=False)
             else:
                 with open(tmp, "wb") as fh:  # a file object: the .pt2 writer insists on the suffix of a path
                     torch.export.save(program, fh)

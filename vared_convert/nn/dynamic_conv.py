@@ -244,7 +244,7 @@ class DynamicConv3d(nn.Module):
         """Inference: each video pays only for its own option; a mixed batch is grouped by decision."""
         self.last_choice, self.last_weights = choice, None
         if x.shape[0] == 1:
-            return self.run_option(x, int(choice[0]))
+            return self.run_option(x, int(choice))  # the host sync the decision needs
         counts = torch.bincount(choice, minlength=self.num_options).tolist()  # the one host sync
         present = [o for o, c in enumerate(counts) if c]
         if len(present) == 1:

@@ -168,9 +168,9 @@ class FrameRebuild(nn.Module):
         for block in blocks:
             computed[:, start : start + block.shape[1]] = block
             start += block.shape[1]
+        taps = self.blend.weight.reshape(1, c, factor - 1, 2, 1, 1, 1)  # per phase: weights of frames j, j + 1
         for p in range(1, factor):
-            taps = self.blend.weight[p - 1 :: factor - 1, 0, :, 0, 0]  # (C, 2): weights of frame j and j + 1
-            here, after = taps[:, 0].view(1, c, 1, 1, 1), taps[:, 1].view(1, c, 1, 1, 1)
+            here, after = taps[:, :, p - 1, 0], taps[:, :, p - 1, 1]
             phase = phases[:, :, :, p]
             torch.mul(computed, here, out=phase)
             phase[:, :, :-1].addcmul_(computed[:, :, 1:], after)
