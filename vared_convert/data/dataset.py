@@ -12,11 +12,11 @@ advances the epoch each time the loader is iterated.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, default_collate
 
 from ..errors import VaredError
 from .decode import DecodeError, VideoReader
@@ -125,10 +125,10 @@ def collate_clips(items: Sequence[Item]) -> dict[str, Any]:
     failed = [(item["failed"], item["reason"]) for item in items if "failed" in item]
     if not ok:
         return {"clip": None, "label": None, "video": None, "path": [], "failed": failed}
-    return {
-        "clip": torch.stack([item["clip"] for item in ok]),
-        "label": torch.tensor([item["label"] for item in ok], dtype=torch.int64),
-        "video": torch.tensor([item["video"] for item in ok], dtype=torch.int64),
+    return {  # default_collate stacks straight into shared memory inside a worker: no copy to send the batch
+        "clip": default_collate([item["clip"] for item in ok]),
+        "label": default_collate([item["label"] for item in ok]),
+        "video": default_collate([item["video"] for item in ok]),
         "path": [item["path"] for item in ok],
         "failed": failed,
     }
@@ -163,10 +163,9 @@ class FailureLog:
             path, reason = next(iter(self._reasons.items()))
             raise VaredError(f"none of the {self.count} videos could be decoded (e.g. {path}: {reason})")
 
-    def update(self, batch: dict[str, Any]) -> list[tuple[str, str]]:
-        """`add` a collated batch and return its failures not reported before."""
+    def update(self, batch: dict[str, Any]) -> None:
+        """`add` a batch from `collate_clips`."""
         self.add(batch["failed"], decoded=len(batch["path"]))
-        return self.new()
 
     def new(self) -> list[tuple[str, str]]:
         """Failures not returned before, as ``(path, reason)``; each path comes out once."""
@@ -182,23 +181,31 @@ class FailureLog:
 
 
 class ClipLoader(DataLoader):
-    """A DataLoader that sets the epoch of its dataset and sampler each time it is iterated."""
+    """A DataLoader whose clips and shuffle order are a function of ``seed`` and the epoch.
 
-    def __init__(self, dataset: Dataset, *, seed: int = 0, **kwargs: Any):
+    Each iteration sets the epoch of the dataset and of the sampler (a ``DistributedSampler`` has
+    ``set_epoch``), then advances it. ``shuffle`` uses a sampler of its own, reseeded every epoch, so the order
+    does not depend on the number of workers either.
+    """
+
+    def __init__(self, dataset: Dataset, *, seed: int = 0, shuffle: bool = False, **kwargs: Any):
         self.seed = seed
         self.epoch = 0
-        super().__init__(dataset, generator=torch.Generator(), **kwargs)
+        self._order = torch.Generator()
+        if shuffle and kwargs.get("sampler") is None:
+            kwargs["sampler"] = RandomSampler(dataset, generator=self._order)
+        super().__init__(dataset, generator=torch.Generator().manual_seed(seed), **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next pass draws (to resume a run)."""
         self.epoch = epoch
 
-    def __iter__(self):  # noqa: ANN204 - DataLoader's own iterator type is private
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch, self.epoch = self.epoch, self.epoch + 1
         for target in (self.dataset, self.sampler):
             if hasattr(target, "set_epoch"):
                 target.set_epoch(epoch)
-        self.generator.manual_seed(random.Random(f"{self.seed}:{epoch}").getrandbits(63))  # shuffle order
+        self._order.manual_seed(random.Random(f"{self.seed}:{epoch}").getrandbits(63))
         return super().__iter__()
 
 
@@ -214,16 +221,16 @@ def make_loader(
     pin_memory: bool = False,
     prefetch_factor: int | None = None,
 ) -> ClipLoader:
-    """A `ClipLoader` with `collate_clips`, persistent seeded workers, and a shuffle order fixed by seed and epoch.
+    """A `ClipLoader` with `collate_clips` and persistent, seeded workers.
 
     Pass a ``sampler`` (e.g. a ``DistributedSampler``) instead of ``shuffle``; its ``set_epoch`` is called too.
     """
     return ClipLoader(
         dataset,
         seed=seed,
-        batch_size=batch_size,
-        shuffle=shuffle if sampler is None else False,
+        shuffle=shuffle and sampler is None,
         sampler=sampler,
+        batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate_clips,
         pin_memory=pin_memory,

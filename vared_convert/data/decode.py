@@ -9,6 +9,7 @@ take the last frame.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,14 +18,16 @@ import av
 import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
+from torch.utils.data import get_worker_info
 
 from ..errors import VaredError
 
-__all__ = ["DecodeError", "VideoInfo", "VideoReader", "probe_video", "read_frames"]
+__all__ = ["DecodeError", "VideoInfo", "VideoReader", "decode_threads", "probe_video", "read_frames"]
 
 TIME_EPS = 1e-6  # seconds: a frame presented exactly at a requested time is that time's frame
 DEFAULT_FPS = 30.0  # for streams that state no frame rate at all
 DECODE_ERRORS = (av.FFmpegError, OSError, ValueError)
+FRAME_THREADS_MIN_PIXELS = 50_000  # 128x128 frames decode faster on one thread, 256x256 ones on several
 
 av.logging.set_libav_level(av.logging.FATAL)  # bad files are reported once by the data pipeline, not by FFmpeg
 
@@ -44,24 +47,31 @@ class VideoInfo:
 
     width: int
     height: int
-    fps: float  # nominal frame rate: FFmpeg's guess, the mean rate for a variable frame rate
+    fps: float  # nominal frame rate: the mean rate (the codec's rate for raw streams)
     duration: float  # seconds from the first frame to the end of the stream
     start: float  # presentation time of the first frame, seconds
     codec: str
 
 
 class VideoReader:
-    """An open video file. Use as a context manager; `read` may be called several times."""
+    """An open video file. Use as a context manager; `read` may be called several times.
 
-    def __init__(self, path: str | Path, thread_type: str = "AUTO"):
+    ``threads`` decoding threads (FFmpeg frame and slice threads); ``None`` picks `decode_threads`.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None):
         self.path = Path(path)
-        self.thread_type = thread_type
+        self.threads = threads
         self._duration: float | None = None
         self._reformatter = VideoReformatter()
         self._open()
         stream = self._stream
         self.start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        self.fps = float(stream.guessed_rate or stream.average_rate or stream.base_rate or DEFAULT_FPS)
+        # nominal fps: the mean rate where the container times the stream (FFmpeg's guess can be the fastest
+        # rate of a variable-rate stream), the codec's rate for raw streams (their mean rate is a made-up 25)
+        timed = bool(stream.duration or self._container.duration)
+        rates = (stream.average_rate, stream.guessed_rate) if timed else (stream.guessed_rate, stream.average_rate)
+        self.fps = float(next((rate for rate in (*rates, stream.base_rate) if rate), DEFAULT_FPS))
 
     def __enter__(self) -> VideoReader:
         return self
@@ -128,8 +138,11 @@ class VideoReader:
         if not self._container.streams.video:
             self._container.close()
             raise DecodeError(path, "no video stream")
-        self._stream = self._container.streams.video[0]
-        self._stream.thread_type = self.thread_type
+        self._stream = stream = self._container.streams.video[0]
+        threads = self.threads or decode_threads(stream.codec_context.width * stream.codec_context.height)
+        stream.thread_count = threads
+        if threads > 1:
+            stream.thread_type = "AUTO"
 
     def _reopen(self) -> None:
         self._container.close()
@@ -176,10 +189,12 @@ class VideoReader:
                 converted, source = converted.to_ndarray(), frame
             return converted
 
+        if seek:
+            try:
+                self._container.seek(int(targets[0] / stream.time_base), stream=stream, backward=True)
+            except DECODE_ERRORS:  # raw streams cannot seek
+                return None
         try:
-            if seek:
-                stream_target = int(targets[0] / stream.time_base)
-                self._container.seek(stream_target, stream=stream, backward=True, any_frame=False)
             for count, frame in enumerate(self._container.decode(stream)):
                 if frame.pts is None:
                     if seek:
@@ -202,6 +217,20 @@ class VideoReader:
             return None
         out.extend([rgb(previous)] * (len(targets) - len(out)))  # past the end: the last frame
         return out
+
+
+def decode_threads(pixels: int) -> int:
+    """Threads for one decoder: the cores left to it, or 1 for frames under `FRAME_THREADS_MIN_PIXELS`.
+
+    Inside a DataLoader worker the cores are shared by the workers. Frame threads start with each file and
+    decode a few frames past the end of a clip: on small frames they cost more than they give
+    (``benchmarks/bench_loader.py``).
+    """
+    if pixels < FRAME_THREADS_MIN_PIXELS:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    worker = get_worker_info()
+    return max(1, cores // (worker.num_workers if worker else 1))
 
 
 def _describe(exc: BaseException) -> str:

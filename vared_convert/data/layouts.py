@@ -21,7 +21,15 @@ from typing import Sequence
 
 from ..errors import VaredError
 
-__all__ = ["LAYOUTS", "VIDEO_EXTENSIONS", "VideoIndex", "VideoRecord", "index_dataset", "normalize_split"]
+__all__ = [
+    "LAYOUTS",
+    "VIDEO_EXTENSIONS",
+    "VideoIndex",
+    "VideoRecord",
+    "detect_layout",
+    "index_dataset",
+    "normalize_split",
+]
 
 LAYOUTS = ("folders", "lists", "kinetics")
 VIDEO_EXTENSIONS = frozenset(
@@ -247,14 +255,19 @@ def _index_kinetics(root: Path, class_names: list[str] | None) -> VideoIndex:
     csvs = _kinetics_csvs(root)
     if not csvs:
         raise VaredError(f"no Kinetics annotation CSVs (label,youtube_id,time_start,time_end,split) in {root}")
-    rows: list[tuple[str, dict[str, str]]] = []
+    rows: list[tuple[str, str, str, float, float]] = []  # split, label, youtube id, start, end
     for path in csvs:
         with path.open(newline="") as f:
-            for row in csv.DictReader(f, skipinitialspace=True):
-                split = normalize_split(row.get("split") or path.stem)
-                if split and (row.get("label") or "").strip():
-                    rows.append((split, row))
-    classes = _resolve_classes({row["label"].strip() for _, row in rows}, class_names)
+            for n, row in enumerate(csv.DictReader(f, skipinitialspace=True), 2):
+                split, label = normalize_split(row.get("split") or path.stem), (row.get("label") or "").strip()
+                if not split or not label:  # test sets come without labels
+                    continue
+                try:
+                    youtube_id, start, end = row["youtube_id"].strip(), float(row["time_start"]), float(row["time_end"])
+                except (AttributeError, TypeError, ValueError):
+                    raise VaredError(f"{path}:{n}: expected youtube_id, time_start, time_end, got {row}") from None
+                rows.append((split, label, youtube_id, start, end))
+    classes = _resolve_classes({label for _, label, *_ in rows}, class_names)
     label_of = {name: i for i, name in enumerate(classes)}
     videos: dict[str, Path] = {}
     for path in sorted(root.rglob("*")):
@@ -262,16 +275,14 @@ def _index_kinetics(root: Path, class_names: list[str] | None) -> VideoIndex:
             videos.setdefault(path.stem, path)
     splits: dict[str, list[VideoRecord]] = {}
     missing: dict[str, int] = {}
-    for split, row in rows:
-        youtube_id, start, end = row["youtube_id"].strip(), float(row["time_start"]), float(row["time_end"])
-        label = label_of[row["label"].strip()]
+    for split, label, youtube_id, start, end in rows:
+        records = splits.setdefault(split, [])
         cut = videos.get(f"{youtube_id}_{int(start):06d}_{int(end):06d}")
         whole = videos.get(youtube_id)
-        records = splits.setdefault(split, [])
         if cut is not None:
-            records.append(VideoRecord(cut, label))
+            records.append(VideoRecord(cut, label_of[label]))
         elif whole is not None:
-            records.append(VideoRecord(whole, label, start, end))
+            records.append(VideoRecord(whole, label_of[label], start, end))
         else:
             missing[split] = missing.get(split, 0) + 1
     return VideoIndex(classes, splits, "kinetics", missing)

@@ -62,9 +62,9 @@ class ClipTransform:
             raise VaredError(f"short side {self.short_side} is smaller than the crop size {size}")
         self.train = train
         self.flip = train if flip is None else flip
-        mean, std = _stats(normalization)
-        self.mean = torch.tensor(mean, dtype=torch.float32).mul(255).view(3, 1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).mul(255).view(3, 1, 1, 1)
+        mean, std = (torch.tensor(v, dtype=torch.float64).view(3, 1, 1, 1) for v in _stats(normalization))
+        self.scale = (1 / (255 * std)).float()  # (x / 255 - mean) / std == x * scale + shift
+        self.shift = (-mean / std).float()
 
     def __call__(self, frames: torch.Tensor, rng: random.Random) -> torch.Tensor:
         """uint8 ``(T, H, W, 3)`` -> float32 ``(3, T, size, size)``."""
@@ -77,7 +77,7 @@ class ClipTransform:
         clip = frames[:, top : top + self.size, left : left + self.size].permute(3, 0, 1, 2)
         if self.flip and rng.random() < 0.5:
             clip = clip.flip(-1)
-        return clip.float().sub_(self.mean).div_(self.std)
+        return clip.contiguous().float().mul_(self.scale).add_(self.shift)  # one uint8 copy, then in place
 
 
 def _stats(normalization: str | Stats) -> Stats:
