@@ -44,6 +44,7 @@ MODELS = {
     "x3d_m": ("pytorchvideo:x3d_m", (3, 16, 224, 224), (3, 8, 64, 64)),
 }
 OPTIONS = [(1, 1.0), (1, 0.5), (1, 0.25), (2, 1.0), (2, 0.5), (2, 0.25)]
+QUICK_OPTIONS = [(1, 1.0), (2, 0.5)]
 PIN = 10.0  # the pinned gate's logit for its option (every other logit is 0)
 
 
@@ -91,16 +92,16 @@ def pinned(model: torch.nn.Module, option: tuple[int, float]) -> torch.nn.Module
     return copied
 
 
-def flops_ratios(costs: CostModel) -> dict[tuple[int, float], tuple[float, float]]:
+def flops_ratios(costs: CostModel, options: list) -> dict[tuple[int, float], tuple[float, float]]:
     """Per option: the whole model's FLOPs ratio with the gates running, and without (static export)."""
     ratios = {}
-    for option in OPTIONS:
+    for option in options:
         forced = costs.forced_macs([option_index(table.layer, *option) for table in costs.layers])
         ratios[option] = ((forced + costs.gate_macs) / costs.original_macs, forced / costs.original_macs)
     return ratios
 
 
-def bench_eager(name, original, adaptive, costs, shape, batch, device, dtype, layout, repeats) -> list[Row]:
+def bench_eager(name, original, adaptive, costs, options, shape, batch, device, dtype, layout, repeats) -> list[Row]:
     clip = torch.randn(batch, *shape).to(device=device, dtype=dtype).contiguous(memory_format=layout)
 
     def ready(model: torch.nn.Module):
@@ -114,15 +115,15 @@ def bench_eager(name, original, adaptive, costs, shape, batch, device, dtype, la
         return lambda: F.conv3d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
 
     fns = {"original": ready(original)}
-    for option in OPTIONS:
+    for option in options:
         fns[option] = ready(pinned(adaptive, option))
     for table in costs.layers:
         fns[table.name] = full_conv(table.layer, table.input_shape)
     timings = measure_interleaved(fns, device, warmup=2, repeats=repeats)
     base = timings["original"].median_ms
-    ratios = flops_ratios(costs)
+    ratios = flops_ratios(costs, options)
     rows = []
-    for option in OPTIONS:
+    for option in options:
         ideal = base
         for table in costs.layers:  # each conv's time scaled by its own FLOPs under the option
             conv = option_costs(table.layer, table.input_shape)
@@ -136,10 +137,10 @@ def bench_eager(name, original, adaptive, costs, shape, batch, device, dtype, la
 def _session(path: Path | bytes, threads: int):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
+    settings = ort.SessionOptions()
+    settings.intra_op_num_threads = threads
+    settings.log_severity_level = 3
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), settings,
                                 providers=["CPUExecutionProvider"])
 
 
@@ -173,7 +174,7 @@ def _pin_initializers(onnx_model, adaptive: torch.nn.Module, option: tuple[int, 
     return model
 
 
-def bench_onnx(name, original, adaptive, shape, batch, ratios, repeats, folder: Path) -> list[Row]:
+def bench_onnx(name, original, adaptive, options, shape, batch, ratios, repeats, folder: Path) -> list[Row]:
     import onnx
 
     threads = torch.get_num_threads()
@@ -192,24 +193,24 @@ def bench_onnx(name, original, adaptive, shape, batch, ratios, repeats, folder: 
                     layer.gate.fc2.bias.normal_(0, 1e-3)
             export_model(distinct, onnx=dynamic_path, input_shape=shape, verify=False)
         base = onnx.load(dynamic_path)
-        for option in OPTIONS:
+        for option in options:
             sessions[option] = _session(_pin_initializers(base, adaptive, option).SerializeToString(), threads)
-        check = _check_pinned(sessions[OPTIONS[-1]], pinned(adaptive, OPTIONS[-1]), clip)
-        kind, flops = "onnxruntime If", {o: ratios[o][0] for o in OPTIONS}
+        check = _check_pinned(sessions[options[-1]], pinned(adaptive, options[-1]), clip)
+        kind, flops = "onnxruntime If", {o: ratios[o][0] for o in options}
     else:  # the static-policy export of each option: no gates, any batch
-        for option in OPTIONS:
+        for option in options:
             path = folder / f"{name}_static_{option[0]}_{option[1]:g}.onnx"
             if not path.exists():
                 export_model(adaptive, onnx=path, policy=static_policy(adaptive, option), input_shape=shape,
                              verify=False)
             sessions[option] = _session(path, threads)
         check = None
-        kind, flops = "onnxruntime static", {o: ratios[o][1] for o in OPTIONS}
+        kind, flops = "onnxruntime static", {o: ratios[o][1] for o in options}
     if check is not None and check > 1e-3:
         raise RuntimeError(f"pinned ONNX model differs from PyTorch by {check:.3g}")
     medians = _time_sessions(sessions, clip, repeats)
     return [Row(name, "×".join(map(str, shape)), kind, batch, f"{o[0]},{o[1]:g}", medians["original"], medians[o],
-                flops[o]) for o in OPTIONS]
+                flops[o]) for o in options]
 
 
 def export_plain(original: torch.nn.Module, shape: tuple[int, ...], path: Path) -> None:
@@ -245,9 +246,10 @@ def print_table(rows: list[Row]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small clips, few repeats: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: r3d_18 (unless --models), small clips, "
+                        "options 1,1 and 2,0.5, batches up to 2, 3 repeats")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
+    parser.add_argument("--models", default=None, help="comma-separated: " + ", ".join(MODELS) + " (default: all)")
     parser.add_argument("--backends", default="eager,onnxruntime", help="eager and/or onnxruntime")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (median reported)")
@@ -267,26 +269,31 @@ def main(argv: list[str] | None = None) -> int:
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
     repeats = args.repeats or (3 if args.quick else 10)
     batches = [int(b) for b in args.batches.split(",")]
+    options = QUICK_OPTIONS if args.quick else OPTIONS
+    models = (args.models or ("r3d_18" if args.quick else ",".join(MODELS))).split(",")
     if args.quick:
-        batches = [min(b, 2) for b in batches]
+        batches = sorted({min(b, 2) for b in batches})
     backends = args.backends.split(",")
+    if device.type != "cpu" and "onnxruntime" in backends:
+        parser.error("ONNX Runtime runs on the CPU here: add --backends eager for a GPU run")
     rows: list[Row] = []
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, {args.dtype}, "
           f"layout {'channels-last' if layout == torch.channels_last_3d else 'NCDHW'}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
+        for name in models:
             arch, full_shape, quick_shape = MODELS[name]
             shape = quick_shape if args.quick else full_shape
             original = build_model(arch).eval()
             adaptive = convert(original, shape, arch=arch, verify=False).model
             costs = CostModel(adaptive, shape)
-            ratios = flops_ratios(costs)
+            ratios = flops_ratios(costs, options)
             for batch in batches:
                 if "eager" in backends:
-                    rows += bench_eager(name, original, adaptive, costs, shape, batch, device, dtype, layout, repeats)
+                    rows += bench_eager(name, original, adaptive, costs, options, shape, batch, device, dtype, layout,
+                                        repeats)
                     print(f"# {name} eager batch {batch} done", file=sys.stderr, flush=True)
                 if "onnxruntime" in backends:
-                    rows += bench_onnx(name, original, adaptive, shape, batch, ratios, repeats, Path(tmp))
+                    rows += bench_onnx(name, original, adaptive, options, shape, batch, ratios, repeats, Path(tmp))
                     print(f"# {name} onnxruntime batch {batch} done", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
