@@ -16,7 +16,7 @@ from vared_convert.errors import VaredError
 from vared_convert.export import export_model, most_frequent_policy, static_policy
 from vared_convert.nn import dynamic_convs, forced_policy
 
-SHAPE = (4, 8, 12, 12)
+SHAPE = (4, 7, 12, 12)  # an odd frame count: the temporal options rebuild a partial last group
 
 
 class TwoConvNet(nn.Module):

@@ -1,7 +1,7 @@
 """Exporting an adaptive model so that its savings survive outside PyTorch eager.
 
-* **Dynamic** (the default): every :class:`DynamicConv3d` becomes its gate, an argmax and a chain of
-  ``torch.cond`` whose branches each run one option's slice and cheap ops (:meth:`DynamicConv3d.run_option`).
+* **Dynamic** (the default): every :class:`DynamicConv3d` becomes its gate, an argmax and a balanced tree of
+  ``torch.cond`` whose leaves each run one option's slice and cheap ops (:meth:`DynamicConv3d.run_option`).
   In ONNX each ``torch.cond`` is an ``If`` node, so ONNX Runtime runs only the chosen branch. A decision is
   per video, so the program takes one clip (batch 1).
 * **Static policy**: every layer runs one fixed option and no gate: plain sliced/strided convs and cheap ops,
@@ -11,8 +11,9 @@
 Both go through one ``torch.export`` program, written as ONNX and/or ``.pt2``, and every written file is
 verified against PyTorch eager on sample clips: an error above ``atol`` fails the export and writes nothing.
 
-The swap happens at module level, not on a traced graph, so models that torch.fx cannot trace (SlowFast) export
-the same way; ``torch.export`` traces the swapped modules, ``torch.cond`` included.
+The dynamic convs are swapped for export modules before tracing, rather than rewritten in a traced fx graph:
+``torch.export`` (strict) traces modules that call ``torch.cond`` directly, and models that torch.fx cannot
+trace (SlowFast) export the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,8 @@ class ConditionalConv3d(nn.Module):
 
     def _among(self, first: int, end: int, x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
         """Run the chosen option of ``first .. end - 1``: a balanced tree of conds (shallow nesting exports fast)."""
-        if end - first == 1:
-            return self.layer.run_option(x, first)
+        if end - first == 1:  # cond's branches must return dense tensors (odd frame counts leave a slice)
+            return self.layer.run_option(x, first).contiguous()
         middle = (first + end) // 2
         return torch.cond(
             choice < middle,
@@ -87,7 +88,7 @@ class FixedOptionConv3d(nn.Module):
         return f"option={self.option} {self.layer.options[self.option]}"
 
 
-def _swapped(model: nn.Module, make: Any) -> nn.Module:
+def _swapped(model: nn.Module, make: Callable[[str, DynamicConv3d], nn.Module]) -> nn.Module:
     """An eval-mode copy of ``model`` with every dynamic conv replaced by ``make(name, layer)``."""
     copied = copy.deepcopy(model).eval()
     layers = dynamic_convs(copied)
