@@ -6,7 +6,9 @@ from .arch import ArchSpec, build_model
 from .checkpoint import load_model, save_model
 from .convert import Conversion, ConversionReport, convert
 from .errors import VaredError
+from .export import export_model
 from .nn import DynamicConv3d, dynamic_convs, forced_policy, set_policy, set_temperature
+from .predict import EvalReport, evaluate
 from .recipe import ModelInfo, Recipe, model_info
 
 __all__ = [
@@ -14,12 +16,15 @@ __all__ = [
     "Conversion",
     "ConversionReport",
     "DynamicConv3d",
+    "EvalReport",
     "ModelInfo",
     "Recipe",
     "VaredError",
     "build_model",
     "convert",
     "dynamic_convs",
+    "evaluate",
+    "export_model",
     "forced_policy",
     "load_model",
     "model_info",

@@ -331,6 +331,143 @@ def finetune(
         raise typer.Exit(130)
 
 
+# ---------------------------------------------------------------------------------------------- export
+def _policy_summary(model, policy: dict[str, int]) -> str:
+    """``2,0.5 ×12 · 1,1 ×4``: how many layers run each option of a static policy."""
+    from collections import Counter
+
+    from .nn import dynamic_convs
+    from .profile import option_label
+
+    layers = dict(dynamic_convs(model))
+    labels = Counter(option_label(*layers[n].options[o].as_list(), layers[n].out_channels) for n, o in policy.items())
+    return " · ".join(f"{label} ×{count}" for label, count in labels.most_common())
+
+
+def _status(message: str, quiet: bool):
+    """A spinner on stderr, or nothing (JSON output, or nothing slow to wait for)."""
+    import contextlib
+
+    return contextlib.nullcontext() if quiet else err_console.status(message)
+
+
+@app.command()
+def export(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A converted (or finetuned) vared model.")],
+    onnx: Annotated[Optional[Path], typer.Option(help="Write ONNX here.")] = None,
+    pt2: Annotated[Optional[Path], typer.Option(help="Write a torch.export program (.pt2) here.")] = None,
+    static_policy: Annotated[bool, typer.Option("--static-policy", help="One fixed option per layer and no gates "
+                                                "(any batch size), from --option or --data; default: the dynamic "
+                                                "model (gates + If, batch 1).")] = False,
+    option: Annotated[Optional[str], typer.Option(help="Static policy: every layer runs T,C (temporal factor, "
+                                                  "channel ratio), e.g. 2,0.5.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Static policy: each layer's most frequent gate decision "
+                                                "over this dataset's clips.")] = None,
+    split: Annotated[str, typer.Option(help="Split of --data to read.")] = "val",
+    layout: Annotated[str, typer.Option(help="Layout of --data: auto, folders, lists, kinetics.")] = "auto",
+    max_clips: Annotated[int, typer.Option(help="Clips of --data to decide from (at most).")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Clips per batch when reading --data.")] = 8,
+    workers: Annotated[int, typer.Option(help="Decoding processes for --data.")] = 2,
+    input_shape: Annotated[Optional[str], typer.Option(help="Clip shape C,T,H,W to export at \\[default: the "
+                                                       "recipe's].")] = None,
+    atol: Annotated[float, typer.Option(help="Verification fails (nothing is written) above this max abs "
+                                        "difference from PyTorch.")] = 1e-4,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check every file against PyTorch on "
+                                         "sample clips (ONNX Runtime for .onnx).")] = True,
+    force: Annotated[bool, typer.Option(help="Overwrite existing outputs.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Export for serving: ONNX with conditional execution (If), a static-policy model, or a .pt2 program."""
+    from itertools import islice
+
+    from .checkpoint import load_model
+    from .export import export_model, most_frequent_policy
+    from .export import static_policy as fixed_policy
+    from .predict import clip_loader
+    from .profile import parse_option
+
+    if onnx is None and pt2 is None:
+        raise VaredError("nothing to write: give --onnx PATH and/or --pt2 PATH")
+    if (option or data) and not static_policy:
+        raise VaredError("--option and --data choose a static policy: add --static-policy")
+    if static_policy and (option is None) == (data is None):
+        raise VaredError("--static-policy needs exactly one of --option T,C or --data DIR")
+    shape = parse_ints(input_shape, "--input-shape") if input_shape else None
+    model = load_model(model_path)
+    policy = None
+    with _status("choosing the static policy ...", quiet=as_json or not data):
+        if option:
+            policy = fixed_policy(model, parse_option(option))
+        elif data:
+            loader = clip_loader(model, data, split=split, layout=layout, batch_size=batch_size, workers=workers)
+            batches = (b["clip"] for b in islice(loader, -(-max_clips // batch_size)) if b["clip"] is not None)
+            policy = most_frequent_policy(model, batches)
+    with _status("exporting and verifying ...", quiet=as_json):
+        results = export_model(model, onnx=onnx, pt2=pt2, policy=policy, input_shape=shape, verify=verify,
+                               atol=atol, force=force)
+    if as_json:
+        print_json({"exports": [r.to_dict() for r in results]})
+        return
+    if policy is not None:
+        console.print(f"static policy ({'--option ' + option if option else 'most frequent decisions on ' + data}): "
+                      f"{_policy_summary(model, policy)}")
+    for r in results:
+        what = "dynamic: gates + If, batch 1" if r.policy == "dynamic" else "static policy, any batch"
+        check = "ONNX Runtime" if r.format == "onnx" else "torch.export.load"
+        verdict = (f"[green]✓ verified[/] with {check} on {r.clips} clips: max abs difference {r.max_abs_error:.2g} "
+                   f"(atol {r.atol:g})") if r.max_abs_error is not None else "[yellow]not verified[/] (--no-verify)"
+        console.print(f"wrote {r.path} ({what}) — {verdict}")
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+@app.command()
+def evaluate(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A converted (or finetuned) vared model.")],
+    data: Annotated[str, typer.Option(help="Dataset root: class folders, list files or Kinetics CSVs.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
+    layout: Annotated[str, typer.Option(help="Dataset layout: auto, folders, lists, kinetics.")] = "auto",
+    clips_per_video: Annotated[int, typer.Option(help="Clips per video, spread evenly (video top-1 averages "
+                                                 "their logits).")] = 1,
+    frames: Annotated[Optional[int], typer.Option(help="Frames per clip \\[default: the recipe's].")] = None,
+    stride: Annotated[int, typer.Option(help="Frames between sampled frames.")] = 4,
+    size: Annotated[Optional[int], typer.Option(help="Crop size \\[default: the recipe's].")] = None,
+    batch_size: Annotated[int, typer.Option(help="Clips per batch.")] = 8,
+    workers: Annotated[int, typer.Option(help="Decoding processes.")] = 2,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Top-1 (clip and video level) and the average FLOPs ratio of the gates' decisions on a dataset."""
+    from .checkpoint import load_model
+    from .predict import evaluate_dataset
+    from .timing import resolve_device
+
+    target = resolve_device(device)
+    model = load_model(model_path)
+    status = err_console.status("evaluating ...") if not as_json else None
+    if status:
+        status.start()
+    try:
+        report = evaluate_dataset(
+            model, data, device=target, split=split, layout=layout, frames=frames, stride=stride, size=size,
+            clips_per_video=clips_per_video, batch_size=batch_size, workers=workers,
+            on_batch=(lambda n: status.update(f"evaluating ... {n} clips")) if status else None,
+        )
+    finally:
+        if status:
+            status.stop()
+    if as_json:
+        print_json(report.to_dict())
+        return
+    table = Table(title=f"{model_path.name} on {data} ({split})", title_justify="left")
+    for column in ("clips", "videos", "top-1 clip", "top-1 video", "FLOPs ratio", "GFLOPs / clip"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_row(str(report.clips), str(report.videos), f"{report.clip_top1:.2f}%", f"{report.video_top1:.2f}%",
+                  f"{report.flops_ratio:.3f}", f"{report.adaptive_gflops:.3f} of {report.original_gflops:.3f}")
+    console.print(table)
+    if report.failed:
+        console.print(f"[yellow]skipped {report.failed} unreadable videos[/]")
+
+
 # ---- vared data ---------------------------------------------------------------------------------------------
 from pathlib import Path  # noqa: E402 - kept in this block
 from typing import Annotated  # noqa: E402

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gate import SoftModulationGate, default_gate_hidden
-from .rebuild import ChannelRebuild, FrameRebuild
+from .rebuild import ChannelRebuild, FrameRebuild, memory_format_of
 
 __all__ = ["ConvOption", "DynamicConv3d", "conv_output_frames"]
 
@@ -173,11 +173,10 @@ class DynamicConv3d(nn.Module):
     def rebuild(self, computed: torch.Tensor, option: int, frames: int) -> torch.Tensor:
         """Apply φ_s then φ_t to a computed part, restoring the full output shape."""
         _, _, ci, ti = self._plan[option]
-        if ci >= 0:
-            computed = self.rebuild_channels[ci](computed)
-        if ti >= 0:
-            computed = self.rebuild_frames[ti](computed, frames)
-        return computed
+        if ti < 0:
+            return self.rebuild_channels[ci](computed) if ci >= 0 else computed
+        blocks = [computed, self.rebuild_channels[ci].ghosts(computed)] if ci >= 0 else [computed]
+        return self.rebuild_frames[ti].expand(blocks, frames)  # φ_s's channels go straight into φ_t's output
 
     def run_option(self, x: torch.Tensor, option: int) -> torch.Tensor:
         """Compute only what ``option`` needs, then rebuild: the inference path of one decision."""
@@ -263,15 +262,20 @@ class DynamicConv3d(nn.Module):
         """Inference: each video pays only for its own option; a mixed batch is grouped by decision."""
         self.last_choice, self.last_weights = choice, None
         if x.shape[0] == 1:
-            return self.run_option(x, int(choice[0]))
+            return self.run_option(x, int(choice))  # the host sync the decision needs
         counts = torch.bincount(choice, minlength=self.num_options).tolist()  # the one host sync
         present = [o for o, c in enumerate(counts) if c]
         if len(present) == 1:
             return self.run_option(x, present[0])
         order = torch.argsort(choice, stable=True)
-        groups = torch.split(x.index_select(0, order), [counts[o] for o in present])
-        outs = torch.cat([self.run_option(g, o) for g, o in zip(groups, present)])
-        return torch.empty_like(outs).index_copy_(0, order, outs)
+        out = None
+        for index, option in zip(torch.split(order, [counts[o] for o in present]), present):
+            part = self.run_option(x[index], option)  # advanced indexing keeps x's memory layout
+            if out is None:
+                out = torch.empty((x.shape[0], *part.shape[1:]), dtype=part.dtype, device=part.device,
+                                  memory_format=memory_format_of(part))
+            out[index] = part
+        return out
 
     def extra_repr(self) -> str:
         opts = ", ".join(f"({o.temporal},{o.channels})" for o in self.options)

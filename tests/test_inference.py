@@ -1,0 +1,95 @@
+"""The eager inference path: its fast cheap ops give the reference values in every layout, and a mixed batch of a
+whole converted model gives each video what it gets alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models_for_tests import tiny
+from test_dynamic_conv import CONV_KINDS, OPTIONS_16, make
+from vared_convert.convert import convert
+from vared_convert.flops import count_macs, option_costs
+from vared_convert.nn import FrameRebuild, dynamic_convs, eager_inference
+
+CHANNELS_LAST = torch.channels_last_3d
+
+
+def _reference(dyn, x, option):
+    """run_option with autograd on: the reference formulation of the cheap ops."""
+    with torch.enable_grad():
+        return dyn.run_option(x, option).detach()
+
+
+@pytest.mark.parametrize("layout", ["ncdhw", "channels_last"])
+@pytest.mark.parametrize("kind", sorted(CONV_KINDS))
+def test_fast_cheap_ops_equal_the_reference_formulation(kind, layout):
+    conv, dyn = make(kind)
+    with torch.no_grad():
+        for module in [*dyn.rebuild_channels, *dyn.rebuild_frames]:
+            for p in module.parameters():
+                p.normal_()
+    for frames in (8, 7):  # an odd frame count leaves the last rebuilt group partial
+        x = torch.randn(3, 16, frames, 9, 9)
+        if layout == "channels_last":
+            dyn, x = dyn.to(memory_format=CHANNELS_LAST), x.contiguous(memory_format=CHANNELS_LAST)
+        for option in range(len(OPTIONS_16)):
+            with torch.no_grad():
+                assert eager_inference()
+                fast = dyn.run_option(x, option)
+            reference = _reference(dyn, x, option)
+            assert fast.shape == reference.shape
+            torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+            if layout == "channels_last":
+                assert fast.is_contiguous(memory_format=CHANNELS_LAST), (kind, option)
+            else:
+                assert fast.is_contiguous(), (kind, option)
+
+
+def test_frame_rebuild_fast_path_is_exact_for_every_factor_and_length():
+    for factor in (2, 3, 4):
+        rebuild = FrameRebuild(5, factor)
+        with torch.no_grad():
+            rebuild.blend.weight.normal_()
+        computed = torch.randn(2, 5, 4, 3, 3)
+        for frames in range(3 * factor + 1, 4 * factor + 1):
+            with torch.no_grad():
+                fast = rebuild(computed, frames)
+            reference = rebuild(computed, frames).detach()
+            assert torch.equal(fast, reference), (factor, frames)
+
+
+def test_fvcore_counts_the_reference_formulation_even_without_autograd():
+    conv, dyn = make("3x3x3")
+    x = torch.randn(1, 16, 8, 10, 10)
+    costs = option_costs(dyn, x.shape)
+    for option in range(len(OPTIONS_16)):
+        dyn.policy = option
+        with torch.no_grad():
+            assert count_macs(dyn, x)[0] == costs[option].total
+
+
+@pytest.fixture(scope="module")
+def tiny_adaptive():
+    result = convert(tiny(), (3, 8, 32, 32))
+    with torch.no_grad():
+        for _, layer in dynamic_convs(result.model):
+            layer.gate.fc2.weight.normal_(0, 20.0)
+            layer.gate.fc2.bias.normal_(0, 1.0)
+    return result.model
+
+
+@pytest.mark.parametrize("layout", ["ncdhw", "channels_last"])
+def test_mixed_batch_of_a_whole_model_equals_each_video_alone(tiny_adaptive, layout):
+    model = tiny_adaptive
+    fmt = CHANNELS_LAST if layout == "channels_last" else torch.contiguous_format
+    model.to(memory_format=fmt)
+    clips = torch.randn(8, 3, 8, 32, 32) * torch.linspace(0.2, 4.0, 8).view(8, 1, 1, 1, 1)
+    clips = clips.contiguous(memory_format=fmt)
+    with torch.no_grad():
+        batched = model(clips)
+        choices = torch.stack([layer.last_choice for _, layer in dynamic_convs(model)])  # (layers, videos)
+        alone = torch.cat([model(clips[i : i + 1]) for i in range(len(clips))])
+    assert any(len(set(row.tolist())) > 1 for row in choices), "the gates should split the batch somewhere"
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+    model.to(memory_format=torch.contiguous_format)

@@ -1,0 +1,298 @@
+"""Exporting an adaptive model so that its savings survive outside PyTorch eager.
+
+* **Dynamic** (the default): every :class:`DynamicConv3d` becomes its gate, an argmax and a balanced tree of
+  ``torch.cond`` whose leaves each run one option's slice and cheap ops (:meth:`DynamicConv3d.run_option`).
+  In ONNX each ``torch.cond`` is an ``If`` node, so ONNX Runtime runs only the chosen branch. A decision is
+  per video, so the program takes one clip (batch 1).
+* **Static policy**: every layer runs one fixed option and no gate: plain sliced/strided convs and cheap ops,
+  any batch size (batched serving). The option comes from ``(temporal, channel_ratio)`` or from the decisions
+  the gates make most often on sample clips.
+
+Both go through one ``torch.export`` program, written as ONNX and/or ``.pt2``, and every written file is
+verified against PyTorch eager on sample clips: an error above ``atol`` fails the export and writes nothing.
+
+The dynamic convs are swapped for export modules before tracing, rather than rewritten in a traced fx graph:
+``torch.export`` (strict) traces modules that call ``torch.cond`` directly, and models that torch.fx cannot
+trace (SlowFast) export the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import VaredError
+from .files import atomic_output, check_output_path
+from .nn import DynamicConv3d, dynamic_convs, option_index
+from .recipe import model_info, replace_module
+
+__all__ = [
+    "ConditionalConv3d",
+    "FixedOptionConv3d",
+    "ExportResult",
+    "DEFAULT_ATOL",
+    "conditional_model",
+    "static_model",
+    "static_policy",
+    "most_frequent_policy",
+    "export_model",
+    "sample_clips",
+]
+
+DEFAULT_ATOL = 1e-4
+
+
+class ConditionalConv3d(nn.Module):
+    """A dynamic conv for export: the gate picks an option, ``torch.cond`` runs only that option's branch."""
+
+    def __init__(self, layer: DynamicConv3d):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        choice = self.layer.gate(x).argmax()  # one clip: a 0-d option index
+        return self._among(0, self.layer.num_options, x, choice)
+
+    def _among(self, first: int, end: int, x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+        """Run the chosen option of ``first .. end - 1``: a balanced tree of conds (shallow nesting exports fast)."""
+        if end - first == 1:  # cond's branches must return dense tensors (odd frame counts leave a slice)
+            return self.layer.run_option(x, first).contiguous()
+        middle = (first + end) // 2
+        return torch.cond(
+            choice < middle,
+            lambda x, choice: self._among(first, middle, x, choice),
+            lambda x, choice: self._among(middle, end, x, choice),
+            (x, choice),
+        )
+
+
+class FixedOptionConv3d(nn.Module):
+    """A dynamic conv frozen to one option for export: no gate, only that option's slice and cheap ops."""
+
+    def __init__(self, layer: DynamicConv3d, option: int):
+        super().__init__()
+        self.layer, self.option = layer, option
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer.run_option(x, self.option)
+
+    def extra_repr(self) -> str:
+        return f"option={self.option} {self.layer.options[self.option]}"
+
+
+def _swapped(model: nn.Module, make: Callable[[str, DynamicConv3d], nn.Module]) -> nn.Module:
+    """An eval-mode copy of ``model`` with every dynamic conv replaced by ``make(name, layer)``."""
+    copied = copy.deepcopy(model).eval()
+    layers = dynamic_convs(copied)
+    if not layers:
+        raise VaredError("the model has no adaptive convolution; convert it first (vared convert)")
+    for name, layer in layers:
+        replace_module(copied, name, make(name, layer))
+    return copied
+
+
+def conditional_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose dynamic convs decide with ``torch.cond`` (exports to ONNX ``If``; batch 1)."""
+    return _swapped(model, lambda name, layer: ConditionalConv3d(layer))
+
+
+def static_model(model: nn.Module, policy: Mapping[str, int]) -> nn.Module:
+    """A copy of ``model`` whose dynamic convs run the option ``policy[name]`` each, with no gate."""
+    missing = [name for name, _ in dynamic_convs(model) if name not in policy]
+    if missing:
+        raise VaredError(f"the static policy names no option for {len(missing)} layers (first: {missing[0]})")
+    return _swapped(model, lambda name, layer: FixedOptionConv3d(layer, int(policy[name])))
+
+
+def static_policy(model: nn.Module, option: tuple[int, float]) -> dict[str, int]:
+    """Every layer's index of option ``(temporal, channel_ratio)`` (the nearest one a layer offers)."""
+    temporal, ratio = option
+    if temporal < 1 or not 0 < ratio <= 1:
+        raise VaredError(f"--option T,C needs T >= 1 and 0 < C <= 1, got {temporal},{ratio}")
+    return {name: option_index(layer, temporal, ratio) for name, layer in dynamic_convs(model)}
+
+
+@torch.no_grad()
+def most_frequent_policy(model: nn.Module, clips: Iterable[torch.Tensor]) -> dict[str, int]:
+    """Every layer's most frequent gate decision over ``clips`` (batches of shape (N, C, T, H, W))."""
+    layers = dynamic_convs(model)
+    counts = {name: torch.zeros(layer.num_options, dtype=torch.long) for name, layer in layers}
+    with _decisions(model, None):
+        for batch in clips:
+            model(batch)
+            for name, layer in layers:
+                counts[name] += torch.bincount(layer.last_choice.cpu(), minlength=layer.num_options)
+    if not any(int(c.sum()) for c in counts.values()):
+        raise VaredError("no clips to choose a static policy from")
+    return {name: int(c.argmax()) for name, c in counts.items()}
+
+
+def sample_clips(input_shape: Sequence[int], count: int, batch: int = 1, seed: int = 0) -> list[torch.Tensor]:
+    """Seeded random clips of shape ``(batch, *input_shape)``; each batch is scaled differently so that gates
+    see inputs of different statistics."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, *input_shape, generator=generator) * (0.5 + i) for i in range(count)]
+
+
+@dataclass
+class ExportResult:
+    """What one export wrote and how well it reproduces PyTorch eager."""
+
+    path: str
+    format: str  # "onnx" or "pt2"
+    policy: str  # "dynamic" (gates, If / torch.cond) or "static"
+    batch: str  # "1" or "any"
+    max_abs_error: float | None  # None when not verified
+    atol: float
+    clips: int  # sample clips compared
+    options: dict[str, int] = field(default_factory=dict)  # static: each layer's option index
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def _decisions(model: nn.Module, policy: Mapping[str, int] | None) -> Iterator[None]:
+    """Eager ``model`` in eval mode deciding as the export does: by its gates, or by ``policy``."""
+    saved = [(layer, layer.policy) for _, layer in dynamic_convs(model)]
+    was_training = model.training
+    model.eval()
+    try:
+        for name, layer in dynamic_convs(model):
+            layer.policy = None if policy is None else int(policy[name])
+        yield
+    finally:
+        for layer, before in saved:
+            layer.policy = before
+        model.train(was_training)
+
+
+def _input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    if input_shape is None:
+        info = model_info(model)
+        if info is None or info.recipe is None:
+            raise VaredError("give the clip shape with --input-shape C,T,H,W (the model records none)")
+        input_shape = info.recipe.input_shape
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise VaredError(f"--input-shape must be four positive integers C,T,H,W, got {shape}")
+    return shape
+
+
+def _why(exc: Exception) -> str:
+    """The exception's type and first line (the exporters' reports run to pages)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
+def _program(module: nn.Module, example: torch.Tensor, dynamic_batch: bool) -> torch.export.ExportedProgram:
+    torch._dynamo.reset()  # a previous export's cached state can otherwise pin the batch dimension
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
+    try:
+        with torch.no_grad():
+            # strict: dynamo traces every torch.cond within one graph at static shapes (non-strict export
+            # compiles each cond on its own, and the recompilations make the clip's dimensions symbolic)
+            return torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes, strict=True)
+    except Exception as exc:  # torch.export fails in many ways; each means "this model does not export"
+        raise VaredError(f"torch.export could not export the model: {_why(exc)}") from exc
+
+
+def _onnx_program(program: torch.export.ExportedProgram) -> Any:
+    try:
+        return torch.onnx.export(program, dynamo=True, verbose=False)
+    except Exception as exc:
+        raise VaredError(f"ONNX conversion failed: {_why(exc)}") from exc
+
+
+def _max_error(expected: Sequence[torch.Tensor], got: Sequence[Any]) -> float:
+    return max(float((torch.as_tensor(g).float() - e.float()).abs().max()) for e, g in zip(expected, got))
+
+
+def _run_onnx(path: Path, clips: Sequence[torch.Tensor]) -> list[Any]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the exporter leaves unused initializers that ORT warns about
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return [session.run(None, {name: clip.numpy()})[0] for clip in clips]
+
+
+def _run_pt2(path: Path, clips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    with open(path, "rb") as fh:
+        loaded = torch.export.load(fh).module()
+    with torch.no_grad():
+        return [loaded(clip) for clip in clips]
+
+
+def export_model(
+    model: nn.Module,
+    *,
+    onnx: str | os.PathLike | None = None,
+    pt2: str | os.PathLike | None = None,
+    policy: Mapping[str, int] | None = None,
+    input_shape: Sequence[int] | None = None,
+    verify: bool = True,
+    atol: float = DEFAULT_ATOL,
+    clips: Sequence[torch.Tensor] | None = None,
+    force: bool = False,
+) -> list[ExportResult]:
+    """Export an adaptive model as ONNX and/or a ``torch.export`` program (``.pt2``), verified.
+
+    Args:
+        model: a converted (adaptive) model, on the CPU.
+        onnx, pt2: where to write each format (at least one).
+        policy: ``None`` for the dynamic model (gates and ``If``; batch 1), or each layer's fixed option index
+            (:func:`static_policy`, :func:`most_frequent_policy`) for a static model with a dynamic batch.
+        input_shape: the clip shape ``(C, T, H, W)`` to export at (default: the one the conversion recorded).
+        verify: compare every written file with PyTorch eager on ``clips``; above ``atol`` raise and write nothing.
+        clips: the sample inputs for verification (default: seeded random clips of the export shape).
+        force: overwrite existing outputs.
+    """
+    if onnx is None and pt2 is None:
+        raise VaredError("nothing to write: give --onnx PATH and/or --pt2 PATH")
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise VaredError("export runs on the CPU: move the model there first (model.cpu())")
+    outputs = [(Path(p), kind) for p, kind in ((onnx, "onnx"), (pt2, "pt2")) if p is not None]
+    for path, _ in outputs:
+        check_output_path(path, force)
+    shape = _input_shape(model, input_shape)
+    dynamic = policy is None
+    module = conditional_model(model) if dynamic else static_model(model, policy)
+    if clips is None:
+        clips = sample_clips(shape, count=4 if dynamic else 2, batch=1 if dynamic else 2)
+    if dynamic and any(clip.shape[0] != 1 for clip in clips):
+        raise VaredError("the dynamic (If) export decides per clip: verify it with batch-1 clips")
+    # a dynamic batch is traced at batch 2: torch.export specialises a dimension of size 1
+    program = _program(module, torch.zeros(1 if dynamic else 2, *shape), dynamic_batch=not dynamic)
+    if verify:
+        with _decisions(model, policy), torch.no_grad():
+            expected = [model(clip) for clip in clips]
+
+    results = []
+    for path, kind in outputs:
+        with atomic_output(path, force) as tmp:
+            if kind == "onnx":
+                _onnx_program(program).save(tmp, external_data=False)
+            else:
+                with open(tmp, "wb") as fh:  # a file object: the .pt2 writer insists on the suffix of a path
+                    torch.export.save(program, fh)
+            error = None
+            if verify:
+                error = _max_error(expected, (_run_onnx if kind == "onnx" else _run_pt2)(tmp, clips))
+                if not error <= atol:
+                    raise VaredError(
+                        f"verification failed: {kind} output differs from PyTorch by {error:.3g} (> --atol {atol:g}); "
+                        f"nothing written to {path}"
+                    )
+        results.append(ExportResult(str(path), kind, "dynamic" if dynamic else "static", "1" if dynamic else "any",
+                                    error, atol, len(clips) if verify else 0, {} if dynamic else dict(policy)))
+    return results
