@@ -33,8 +33,18 @@ def _sub_macs(inputs: list[Any], outputs: list[Any]) -> int:
     return math.prod(shape) if shape else 0
 
 
+def _avg_pool_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """fvcore handle for ``aten::avg_pool3d`` with stride = window (the gate's grid cells): one add per pooled
+    input element. Under jit tracing the window is not a constant, so it is read off the shapes."""
+    in_shape, out_shape = inputs[0].type().sizes(), outputs[0].type().sizes()
+    if not in_shape or not out_shape:
+        return 0
+    window = [i // o for i, o in zip(in_shape[2:], out_shape[2:])]
+    return math.prod(out_shape) * math.prod(window)
+
+
 # Ops that vared's layers introduce and fvcore does not count by default (abs is a sign flip: not counted).
-VARED_HANDLES = {"aten::mean": _mean_macs, "aten::sub": _sub_macs, "aten::adaptive_avg_pool3d": _mean_macs}
+VARED_HANDLES = {"aten::mean": _mean_macs, "aten::sub": _sub_macs, "aten::avg_pool3d": _avg_pool_macs}
 
 
 def count_macs(model: nn.Module, inputs: torch.Tensor | tuple, vared_handles: bool = True) -> tuple[int, dict[str, int]]:
@@ -111,13 +121,15 @@ def gate_macs(layer: DynamicConv3d, input_shape: Sequence[int]) -> int:
     """Analytic cost of a layer's gate: its clip statistics (the mean, and the grid pooling: one add per input
     element each; on the grid, frame differences and their mean: two per difference), the normalisation (one per
     statistic, as fvcore counts an inference BatchNorm) and its two linears."""
-    from .nn.gate import MOTION_GRID
+    from .nn.gate import motion_cell
 
     gate = layer.gate
     n, c, t, h, w = (int(s) for s in input_shape)
     statistics = n * c * t * h * w
     if t > 1:
-        statistics += n * c * t * h * w + 2 * n * c * (t - 1) * MOTION_GRID * MOTION_GRID
+        _, kh, kw = motion_cell(h, w)
+        cells = (h // kh) * (w // kw)
+        statistics += n * c * t * cells * kh * kw + 2 * n * c * (t - 1) * cells
     norm = n * 2 * gate.in_channels
     return statistics + norm + n * (2 * gate.in_channels * gate.hidden + gate.hidden * gate.num_options)
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MOTION_GRID", "SoftModulationGate", "default_gate_hidden", "clip_statistics"]
+__all__ = ["MOTION_GRID", "SoftModulationGate", "default_gate_hidden", "clip_statistics", "motion_cell"]
 
 
 def default_gate_hidden(in_channels: int) -> int:
@@ -15,6 +15,12 @@ def default_gate_hidden(in_channels: int) -> int:
 
 
 MOTION_GRID = 4  # motion is measured on a MOTION_GRID × MOTION_GRID grid of cells
+
+
+def motion_cell(height: int, width: int) -> tuple[int, int, int]:
+    """The pooling window of one grid cell: the map split into MOTION_GRID × MOTION_GRID cells (edge remainder
+    dropped), one frame deep."""
+    return 1, max(1, height // MOTION_GRID), max(1, width // MOTION_GRID)
 
 
 def clip_statistics(x: torch.Tensor) -> torch.Tensor:
@@ -28,7 +34,7 @@ def clip_statistics(x: torch.Tensor) -> torch.Tensor:
     appearance = x.mean(dim=(2, 3, 4))
     if x.shape[2] < 2:
         return torch.cat([appearance, torch.zeros_like(appearance)], dim=1)
-    cells = F.adaptive_avg_pool3d(x, (x.shape[2], MOTION_GRID, MOTION_GRID))
+    cells = F.avg_pool3d(x, motion_cell(x.shape[3], x.shape[4]))  # exports to ONNX, unlike adaptive pooling
     motion = (cells[:, :, 1:] - cells[:, :, :-1]).abs().mean(dim=(2, 3, 4))
     return torch.cat([appearance, motion], dim=1)
 
