@@ -22,7 +22,7 @@ __all__ = ["OptionCost", "CostModel", "LayerCostTable", "count_macs", "conv_macs
 
 
 def _mean_macs(inputs: list[Any], outputs: list[Any]) -> int:
-    """fvcore handle for ``aten::mean`` (the gate's global pool): one add per input element."""
+    """fvcore handle for ``aten::mean`` (the gate's averages): one add per input element."""
     shape = inputs[0].type().sizes()
     return math.prod(shape) if shape else 0
 
@@ -118,18 +118,18 @@ def option_costs(layer: DynamicConv3d, input_shape: Sequence[int]) -> list[Optio
 
 
 def gate_macs(layer: DynamicConv3d, input_shape: Sequence[int]) -> int:
-    """Analytic cost of a layer's gate: its clip statistics (the mean, and the grid pooling: one add per input
-    element each; on the grid, frame differences and their mean: two per difference), the normalisation (one per
-    statistic, as fvcore counts an inference BatchNorm) and its two linears."""
+    """Analytic cost of a layer's gate: its clip statistics (the grid pooling: one add per pooled input element;
+    on the grid, the mean: one per cell, and frame differences with their mean: two per difference), the
+    normalisation (one per statistic, as fvcore counts an inference BatchNorm) and its two linears."""
     from .nn.gate import motion_cell
 
     gate = layer.gate
     n, c, t, h, w = (int(s) for s in input_shape)
-    statistics = n * c * t * h * w
+    _, kh, kw = motion_cell(h, w)
+    cells = (h // kh) * (w // kw)
+    statistics = n * c * t * cells * kh * kw + n * c * t * cells
     if t > 1:
-        _, kh, kw = motion_cell(h, w)
-        cells = (h // kh) * (w // kw)
-        statistics += n * c * t * cells * kh * kw + 2 * n * c * (t - 1) * cells
+        statistics += 2 * n * c * (t - 1) * cells
     norm = n * 2 * gate.in_channels
     return statistics + norm + n * (2 * gate.in_channels * gate.hidden + gate.hidden * gate.num_options)
 

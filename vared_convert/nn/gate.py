@@ -30,11 +30,13 @@ def clip_statistics(x: torch.Tensor) -> torch.Tensor:
     The second half measures temporal redundancy directly: near zero for a still scene, large when something
     moves, which a global average alone cannot see (a still and a moving object have the same average).
     Averaging within cells first cancels per-pixel sensor noise, which changes every frame even in a still scene.
+    Both halves come from the one pooled grid, so the gate reads its input once; the mean covers the grid's
+    area (when the map does not divide into cells, the thin edge remainder is left out of both).
     """
-    appearance = x.mean(dim=(2, 3, 4))
+    cells = F.avg_pool3d(x, motion_cell(x.shape[3], x.shape[4]))  # exports to ONNX, unlike adaptive pooling
+    appearance = cells.mean(dim=(2, 3, 4))
     if x.shape[2] < 2:
         return torch.cat([appearance, torch.zeros_like(appearance)], dim=1)
-    cells = F.avg_pool3d(x, motion_cell(x.shape[3], x.shape[4]))  # exports to ONNX, unlike adaptive pooling
     motion = (cells[:, :, 1:] - cells[:, :, :-1]).abs().mean(dim=(2, 3, 4))
     return torch.cat([appearance, motion], dim=1)
 
