@@ -13,7 +13,7 @@ from vared_convert.checkpoint import save_model
 from vared_convert.convert import convert
 from vared_convert.data.synthetic import write_synthetic_dataset
 
-CLIP = dict(frames=4, stride=2, size=28, batch_size=4, workers=0, log_every=1)
+CLIP = dict(frames=4, stride=2, size=32, batch_size=4, workers=0, log_every=1)
 
 
 def tiny_dataset(root: Path, train_per_class: int = 2, val_per_class: int = 1) -> Path:
@@ -22,7 +22,7 @@ def tiny_dataset(root: Path, train_per_class: int = 2, val_per_class: int = 1) -
     return root
 
 
-def converted_tiny(path: Path, width: int = 4) -> Path:
+def converted_tiny(path: Path, width: int = 8) -> Path:
     """A random tiny_c3d for 8 classes, converted at the test clip shape and saved."""
     torch.manual_seed(0)
     model = tiny_c3d(num_classes=8, width=width)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .arch import ArchSpec, build_model
-from .errors import VaredError
+from .errors import NotConvertedError, VaredError
 from .files import atomic_output
 from .recipe import ModelInfo, Recipe, apply_recipe, model_info
 
@@ -227,7 +227,9 @@ def load_model(
             model.vared_info.class_names = list(class_names)
         return model
     if arch is None:
-        raise VaredError(f"{path}: a plain checkpoint; say which network it is with --arch (e.g. torchvision:r3d_18)")
+        raise NotConvertedError(
+            f"{path}: a plain checkpoint; say which network it is with --arch (e.g. torchvision:r3d_18)"
+        )
     spec = arch if isinstance(arch, ArchSpec) else ArchSpec(arch, num_classes)
     state_dict, _ = extract_state_dict(raw)
     model = build_model(spec)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from ..errors import VaredError
 from ..timing import resolve_device
@@ -38,6 +39,17 @@ class Runtime:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
         return tensor.tolist()
+
+    def average_buffers(self, model: nn.Module) -> None:
+        """Average the floating-point buffers (BatchNorm running statistics) across ranks, so that every rank
+        holds the same model: DDP broadcasts buffers before each forward, but each rank's last forward updates
+        its own copy."""
+        if not self.distributed:
+            return
+        for buffer in model.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer)
+                buffer.div_(self.world_size)
 
     def barrier(self) -> None:
         if self.distributed:

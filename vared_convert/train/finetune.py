@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from ..checkpoint import load_model
-from ..errors import VaredError
+from ..errors import NotConvertedError, VaredError
 from ..files import atomic_output
 from ..recipe import model_info
 from .config import FinetuneConfig, load_config
@@ -67,8 +67,8 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
-def _check_model(model: nn.Module, path: str | os.PathLike) -> None:
-    info = model_info(model)
+def _check_model(model: nn.Module | None, path: str | os.PathLike) -> None:
+    info = model_info(model) if model is not None else None
     if info is None or info.recipe is None:
         raise VaredError(
             f"{path} is not a converted vared model; convert it first: vared convert {path} --arch ARCH "
@@ -106,7 +106,10 @@ def finetune(
     emit: EventFn = on_event if (on_event and runtime.is_main) else (lambda kind, data: None)
     try:
         torch.manual_seed(cfg.seed)
-        model = load_model(model_path)
+        try:
+            model = load_model(model_path)
+        except NotConvertedError:
+            model = None
         _check_model(model, model_path)
         info = model_info(model)
         model.to(runtime.device)

@@ -159,7 +159,10 @@ class Finetuner:
         self.ddp: nn.Module = self.model
         if runtime.distributed:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+            # A step's decisions leave the cheap ops of unchosen options (and, with hard gates, whole branches)
+            # without gradient, and which ones differs between ranks and steps.
+            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids,
+                                                           find_unused_parameters=True)
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
@@ -402,6 +405,7 @@ class Finetuner:
         self.on_event("step", record)
 
     def _end_epoch(self) -> ValidationResult:
+        self.runtime.average_buffers(self.model)
         result = self.validate()
         self.epoch += 1
         self.step_in_epoch = 0
