@@ -506,6 +506,76 @@ def data_check(
         raise VaredError(f"none of the {len(report.unreadable)} videos in {root} can be decoded")
 
 
+# ---------------------------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the dataset, models, plots and ONNX files.")] = Path("vared-demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="A smaller, faster run that shows the flow (about 3 minutes on 2 cores).")] = False,
+    force: Annotated[bool, typer.Option(help="Reuse a non-empty --out folder.")] = False,
+    as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON to this file.")] = None,
+) -> None:
+    """The whole tool end to end on a synthetic dataset: train, convert, finetune, profile, export (CPU, no download)."""
+    from rich.panel import Panel
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .demo import FULL, QUICK, STATIC_CLASSES, run_demo
+    from .progress import FinetuneDisplay
+
+    bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console)
+    display = FinetuneDisplay(console, progress=bars)
+
+    def on_step(title: str, explanation: str) -> None:
+        console.rule(f"[bold]{title}")
+        console.print(explanation, highlight=False)
+
+    def progress(label: str, total: int):
+        task = bars.add_task(label, total=total, stats="")
+        return lambda n: bars.advance(task, n)
+
+    with bars:
+        result = run_demo(out, QUICK if quick else FULL, force=force, on_step=on_step, progress=progress,
+                          on_finetune_event=display.on_event)
+
+    console.rule("[bold]Summary")
+    table = Table(title="Original vs adaptive, on the validation clips", title_justify="left")
+    table.add_column("")
+    table.add_column("original", justify="right")
+    table.add_column("adaptive", justify="right")
+    table.add_row("top-1 (%)", f"{result.original_top1:.1f}", f"{result.adaptive_top1:.1f}")
+    table.add_row("GFLOPs per clip", f"{result.original_gflops:.4f}", f"{result.adaptive_gflops:.4f}")
+    table.add_row("FLOPs ratio", "1.000", f"{result.flops_ratio:.3f}")
+    if result.latency:
+        table.add_row(f"CPU latency, ms ({result.latency['threads']} threads, batch 1)",
+                      f"{result.latency['original_ms']:.2f}", f"{result.latency['adaptive_ms']:.2f}")
+    table.add_row("every gate at its cheapest option: top-1 (%)", "", f"{result.cheapest_top1:.1f}")
+    console.print(table)
+    decisions = Table(title="What each class chose (share of layer decisions)", title_justify="left")
+    decisions.add_column("class")
+    decisions.add_column("kind")
+    decisions.add_column("frames skipped", justify="right")
+    labels = sorted({label for shares in result.class_option_share.values() for label in shares},
+                    key=lambda s: (-float(s.split(",")[1]), int(s.split(",")[0])))
+    for label in labels:
+        decisions.add_column(label, justify="right")
+    ordered = [c for c in result.classes if c in STATIC_CLASSES] + [c for c in result.classes if c not in STATIC_CLASSES]
+    for cls in ordered:
+        shares = result.class_option_share.get(cls, {})
+        decisions.add_row(cls, "static" if cls in STATIC_CLASSES else "motion", f"{100 * result.class_temporal_share.get(cls, 0):.0f}%",
+                          *[f"{100 * shares.get(label, 0):.0f}%" for label in labels])
+    console.print(decisions)
+    console.print(f"frames skipped: static classes {100 * result.static_temporal_share:.0f}%, motion classes "
+                  f"{100 * result.motion_temporal_share:.0f}% of layer decisions")
+    console.print(Panel("\n".join(result.commands), title="The same steps on your own model", expand=False))
+    console.print(f"plots: {result.files['savings_plot']}, {result.files['decisions_plot']}; "
+                  f"finished in {result.seconds / 60:.1f} min")
+    if as_json:
+        from .files import atomic_output
+
+        with atomic_output(as_json, force=True) as tmp:
+            tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line and a non-zero exit."""
     try:

@@ -33,10 +33,11 @@ def class_decision_table(result: Any, title: str = "Decisions per class (share o
 class FinetuneDisplay:
     """Turns the trainer's events into a live progress bar and printed lines (rank 0 only)."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, progress: Progress | None = None):
         self.console = console
         self.active = os.environ.get("RANK", "0") == "0"
-        self.progress = Progress(
+        self.owns_progress = progress is None
+        self.progress = progress or Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=console, disable=not self.active,
@@ -94,11 +95,12 @@ class FinetuneDisplay:
     def _on_done(self, data: dict[str, Any]) -> None:
         result = data["result"]
         if result.last is not None and not result.interrupted:
-            self.progress.stop()
-            self.console.print(class_decision_table(result.last))
+            if self.owns_progress:
+                self.progress.stop()
+            self.progress.console.print(class_decision_table(result.last))
             best = result.best
             if best:
-                self.console.print(f"best epoch {best['epoch']}: top-1 {best['top1']:.1f}, FLOPs ratio "
+                self.progress.console.print(f"best epoch {best['epoch']}: top-1 {best['top1']:.1f}, FLOPs ratio "
                                    f"{best['flops_ratio']:.3f}" + ("" if best["meets_budget"] else " (over budget)"))
             if result.out:
-                self.console.print(f"wrote {result.out} (run folder {result.run_dir})")
+                self.progress.console.print(f"wrote {result.out} (run folder {result.run_dir})")

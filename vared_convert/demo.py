@@ -1,0 +1,259 @@
+"""`vared demo`: the whole tool on an embedded default, end to end on a laptop CPU, no download.
+
+1. write a synthetic action dataset (static classes: appearance; motion classes: movement);
+2. train a small 3D CNN on it: the stand-in for "your pretrained model", saved as a plain state_dict;
+3. convert it (verified), 4. finetune the gates to a FLOPs target, 5. evaluate and profile it on the
+validation clips (FLOPs, latency, decisions per class), 6. export it to ONNX (verified with ONNX Runtime).
+
+Every step calls the same library functions as the individual commands; the summary lists those commands.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import VaredError
+
+__all__ = ["DemoSettings", "DemoResult", "run_demo", "QUICK", "FULL", "STATIC_CLASSES"]
+
+ARCH = "vared_convert.baseline:tiny_c3d"
+STATIC_CLASSES = ("checker", "dots", "stripes_h", "stripes_v")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of one demo run (the full one reaches the finetune issue's goals; the quick one shows the flow)."""
+
+    train_per_class: int
+    val_per_class: int
+    baseline_epochs: int
+    baseline_clips: int  # random clips per training video per epoch
+    finetune_epochs: int
+    warmup_epochs: int
+    finetune_clips: int
+    target_flops: float = 0.6
+    frames: int = 8
+    stride: int = 2
+    size: int = 56
+    width: int = 16
+    batch_size: int = 16
+    lr: float = 3e-3
+    flops_weight: float = 20.0
+    export_dynamic: bool = True
+
+
+FULL = DemoSettings(train_per_class=24, val_per_class=8, baseline_epochs=12, baseline_clips=6, finetune_epochs=12,
+                    warmup_epochs=2, finetune_clips=4)
+QUICK = DemoSettings(train_per_class=8, val_per_class=4, baseline_epochs=6, baseline_clips=4, finetune_epochs=3,
+                     warmup_epochs=1, finetune_clips=2, export_dynamic=False)
+
+
+@dataclass
+class DemoResult:
+    """What the demo measured, and where it wrote."""
+
+    out: Path
+    classes: list[str]
+    original_top1: float
+    adaptive_top1: float
+    full_path_top1: float
+    cheapest_top1: float
+    original_gflops: float
+    adaptive_gflops: float
+    flops_ratio: float
+    latency: dict[str, Any]
+    class_temporal_share: dict[str, float]
+    class_option_share: dict[str, dict[str, float]]
+    files: dict[str, str] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def static_temporal_share(self) -> float:
+        values = [v for c, v in self.class_temporal_share.items() if c in STATIC_CLASSES]
+        return sum(values) / max(1, len(values))
+
+    @property
+    def motion_temporal_share(self) -> float:
+        values = [v for c, v in self.class_temporal_share.items() if c not in STATIC_CLASSES]
+        return sum(values) / max(1, len(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        data.update(static_temporal_share=self.static_temporal_share, motion_temporal_share=self.motion_temporal_share)
+        return data
+
+
+Step = Callable[[str, str], None]  # (title, explanation)
+Progress = Callable[[str, int], Callable[[int], None]]  # (label, total) -> advance(n)
+
+
+def _quiet_step(title: str, explanation: str) -> None:
+    return None
+
+
+def _no_progress(label: str, total: int) -> Callable[[int], None]:
+    return lambda n: None
+
+
+def run_demo(
+    out: str | os.PathLike,
+    settings: DemoSettings = FULL,
+    *,
+    force: bool = False,
+    on_step: Step = _quiet_step,
+    progress: Progress = _no_progress,
+    on_finetune_event: Callable[[str, dict[str, Any]], None] | None = None,
+    seed: int = 0,
+) -> DemoResult:
+    """Run every step into folder ``out`` (which must be empty or absent, unless ``force``)."""
+    from .api import convert_checkpoint
+    from .baseline import tiny_c3d
+    from .checkpoint import load_model
+    from .data.dataset import VideoClipDataset, make_loader
+    from .data.layouts import index_dataset
+    from .data.synthetic import write_synthetic_dataset
+    from .export import export_model, static_policy
+    from .files import atomic_output
+    from .nn import forced_policy
+    from .plots import plot_class_decisions, plot_layer_savings
+    from .predict import evaluate
+    from .profile import profile_model
+    from .train.finetune import finetune
+    from .train.supervised import top1, train_classifier
+
+    started = time.time()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise VaredError(f"{out} is not empty; choose another --out or pass --force to reuse it")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    s = settings
+    clip = dict(frames=s.frames, stride=s.stride, size=s.size, normalization="kinetics")
+    data = out / "data"
+
+    on_step("1. Data", f"writing a synthetic action dataset to {data}: 4 classes told apart by appearance alone "
+                       "(a still textured square), 4 by motion (rise, fall, drift, shake)")
+    if data.exists():
+        import shutil
+
+        shutil.rmtree(data)
+    total = 8 * (s.train_per_class + s.val_per_class)
+    advance = progress("writing videos", total)
+    index = write_synthetic_dataset(data, train_per_class=s.train_per_class, val_per_class=s.val_per_class,
+                                    seed=seed, progress=lambda done, _total: advance(1))
+    classes = index.classes
+
+    on_step("2. Baseline", "training a small 3D CNN (appearance blocks, then spatio-temporal ones): it stands for "
+                           "your pretrained model; saved as a plain state_dict")
+    train_set = VideoClipDataset.from_index(index, "train", clips_per_video=s.baseline_clips, seed=seed, **clip)
+    val_set = VideoClipDataset.from_index(index, "val", train=False, seed=seed, **clip)
+    train_loader = make_loader(train_set, s.batch_size, 2, shuffle=True, drop_last=True, seed=seed)
+    val_loader = make_loader(val_set, 32, 2, seed=seed)
+    baseline = tiny_c3d(num_classes=len(classes), width=s.width)
+    steps = len(train_loader) * s.baseline_epochs
+    advance = progress("training the baseline", steps)
+
+    def epochs(epoch: int):
+        train_loader.set_epoch(epoch)
+        return train_loader
+
+    train_classifier(baseline, epochs, len(train_loader), s.baseline_epochs, lr=3e-3, on_step=lambda step, loss: advance(1))
+    original_top1 = top1(baseline, val_loader, torch.device("cpu"))
+    baseline_path = out / "baseline.pth"
+    with atomic_output(baseline_path, force=True) as tmp:
+        torch.save(baseline.state_dict(), tmp)
+
+    on_step("3. Convert", "rewriting its convolutions into dynamic ones with torch.fx, and verifying that the full "
+                          "path reproduces the original exactly")
+    converted_path = out / "baseline_vared.pth"
+    shape = (3, s.frames, s.size, s.size)
+    conversion = convert_checkpoint(baseline_path, converted_path, ARCH, num_classes=len(classes), input_shape=shape,
+                                    class_names=classes, force=True)
+
+    on_step("4. Finetune", f"learning the gates and cheap ops to a FLOPs target of {s.target_flops} (CE + "
+                           "distillation from the full path + λ·(F − τ)²), the backbone frozen")
+    adaptive_path = out / "adaptive.pth"
+    run_dir = out / "run"
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    finetune(converted_path, dict(
+        data=str(data), target_flops=s.target_flops, epochs=s.finetune_epochs, warmup_epochs=s.warmup_epochs,
+        batch_size=s.batch_size, frames=s.frames, stride=s.stride, size=s.size, train_clips=s.finetune_clips,
+        lr=s.lr, flops_weight=s.flops_weight, relaxation="soft", run_dir=str(run_dir), out=str(adaptive_path),
+        seed=seed, device="cpu", log_every=5,
+    ), on_event=on_finetune_event)
+
+    on_step("5. Evaluate and profile", "measuring the adaptive model on the validation clips: accuracy, FLOPs per "
+                                       "layer, what each class chose, and CPU latency against the original")
+    adaptive = load_model(adaptive_path)
+    report = evaluate(adaptive, val_loader)
+    with forced_policy(adaptive, (1, 1.0)):
+        full_path_top1 = top1(adaptive, val_loader, torch.device("cpu"))
+    with forced_policy(adaptive, (max(adaptive.vared_info.recipe.temporal), min(adaptive.vared_info.recipe.channel))):
+        cheapest_top1 = top1(adaptive, val_loader, torch.device("cpu"))
+    adaptive = load_model(adaptive_path)  # contiguous layout for profiling and export
+
+    def labelled_batches():
+        for batch in val_loader:
+            if batch.get("clip") is not None:
+                yield batch["clip"], batch["label"]
+
+    profile = profile_model(adaptive, clips=labelled_batches(), class_names=classes, latency=True, repeats=10,
+                            latency_clips=8)
+    plot_layer_savings(profile, out / "savings.png")
+    shares = _class_shares(profile.class_histograms)
+    plot_class_decisions(profile.class_histograms, out / "decisions.png",
+                         title="Options chosen per class (static classes left of motion ones in the table)")
+
+    on_step("6. Export", "writing ONNX and checking it against PyTorch with ONNX Runtime")
+    files = {"dataset": str(data), "baseline": str(baseline_path), "converted": str(converted_path),
+             "adaptive": str(adaptive_path), "run": str(run_dir), "savings_plot": str(out / "savings.png"),
+             "decisions_plot": str(out / "decisions.png")}
+    static_onnx = out / "adaptive_static.onnx"
+    export_model(adaptive, onnx=static_onnx, policy=static_policy(adaptive, (1, 1.0)), force=True)
+    files["onnx_static"] = str(static_onnx)
+    if s.export_dynamic:
+        torch._dynamo.reset()
+        dynamic_onnx = out / "adaptive.onnx"
+        export_model(adaptive, onnx=dynamic_onnx, force=True)
+        files["onnx"] = str(dynamic_onnx)
+
+    commands = [
+        f"vared convert {baseline_path} --arch {ARCH} --num-classes {len(classes)} --input-shape "
+        f"{','.join(map(str, shape))} --out {converted_path}",
+        f"vared finetune {converted_path} --data {data} --target-flops {s.target_flops} --epochs {s.finetune_epochs} "
+        f"--warmup-epochs {s.warmup_epochs} --frames {s.frames} --stride {s.stride} --size {s.size} "
+        f"--batch-size {s.batch_size} --train-clips {s.finetune_clips} --lr {s.lr} --flops-weight {s.flops_weight} "
+        f"--relaxation soft --out {adaptive_path}",
+        f"vared evaluate {adaptive_path} --data {data} --stride {s.stride}",
+        f"vared profile {adaptive_path} --latency --plot {out / 'savings.png'}",
+        f"vared export {adaptive_path} --onnx {out / 'adaptive.onnx'}",
+    ]
+    lat = profile.latency.to_dict() if profile.latency else {}
+    return DemoResult(
+        out=out, classes=classes, original_top1=original_top1, adaptive_top1=report.clip_top1,
+        full_path_top1=full_path_top1, cheapest_top1=cheapest_top1,
+        original_gflops=report.original_gflops, adaptive_gflops=report.adaptive_gflops, flops_ratio=report.flops_ratio,
+        latency=lat, class_temporal_share={c: v["temporal"] for c, v in shares.items()},
+        class_option_share={c: v["options"] for c, v in shares.items()}, files=files, commands=commands,
+        seconds=time.time() - started,
+    )
+
+
+def _class_shares(histograms: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:
+    """Per class: the share of layer decisions that skipped frames, and the share of each option."""
+    shares = {}
+    for cls, counts in histograms.items():
+        total = max(1, sum(counts.values()))
+        temporal = sum(n for label, n in counts.items() if int(label.split(",")[0]) > 1) / total
+        shares[cls] = {"temporal": temporal, "options": {label: n / total for label, n in sorted(counts.items())}}
+    return shares
