@@ -124,3 +124,25 @@ def test_cli_profile_json_plot_and_errors(run_vared, tmp_path):
         proc = run_vared("profile", path, *args)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert needle in proc.stderr.strip().splitlines()[-1]
+
+
+def test_cli_profile_on_data_counts_decisions_per_clip(run_vared, tmp_path):
+    from finetune_helpers import converted_tiny, tiny_dataset
+
+    data = tiny_dataset(tmp_path / "data", train_per_class=1, val_per_class=1)
+    model = converted_tiny(tmp_path / "m.pth")
+    proc = run_vared("profile", model, "--data", data, "--clips", "6", "--stride", "2", "--workers", "0",
+                     "--json", "-", check=True)
+    report = json.loads(proc.stdout)
+    assert report["mode"] == "clips" and report["clips"] == 6
+    dynamic = [layer for layer in report["layers"] if layer["option_counts"]]
+    assert len(dynamic) == 3 and all(sum(layer["option_counts"].values()) == 6 for layer in dynamic)
+    # a freshly converted model's gates all pick the full option: the cost is the original's plus the gates'
+    assert all(set(layer["option_counts"]) == {"1,1"} for layer in dynamic)
+    assert report["flops_ratio"] == pytest.approx(1 + report["gate_gflops"] / report["original_gflops"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args, needle in [(["--data", empty], "no videos"), (["--data", data, "--clips", "0"], "--clips")]:
+        proc = run_vared("profile", model, *args)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert needle in proc.stderr.strip().splitlines()[-1]

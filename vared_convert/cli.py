@@ -221,6 +221,13 @@ def profile(
     input_shape: Annotated[Optional[str], typer.Option(help="Clip shape C,T,H,W \\[default: the recipe's].")] = None,
     option: Annotated[Optional[str], typer.Option(help="Force every gate to T,C (temporal factor, channel "
                                                   "ratio), e.g. 2,0.5.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Dataset root (any layout `vared data check` reads): the gates "
+                                                "decide on its clips.")] = None,
+    clips: Annotated[int, typer.Option(help="With --data: how many clips to run.")] = 64,
+    split: Annotated[str, typer.Option(help="With --data: the split to read.")] = "val",
+    layout: Annotated[str, typer.Option(help="With --data: auto, folders, lists, kinetics.")] = "auto",
+    stride: Annotated[int, typer.Option(help="With --data: frames between sampled frames.")] = 4,
+    workers: Annotated[int, typer.Option(help="With --data: decoding processes.")] = 2,
     latency: Annotated[bool, typer.Option("--latency", help="Also time original and adaptive on the same inputs.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (for --latency and --data).")] = "auto",
     repeats: Annotated[int, typer.Option(help="Timed repeats for --latency (median reported).")] = 10,
@@ -243,9 +250,49 @@ def profile(
         from .arch import default_input_shape
 
         shape = default_input_shape(model.vared_info.arch.name)
-    with err_console.status("counting FLOPs" + (" and timing" if latency else "") + " ..."):
-        report = profile_model(model, shape, option=forced, latency=latency, repeats=repeats)
+    if data is None:
+        with err_console.status("counting FLOPs" + (" and timing" if latency else "") + " ..."):
+            report = profile_model(model, shape, option=forced, latency=latency, repeats=repeats)
+    else:
+        report = _profile_on_data(model, shape, data, clips, split=split, layout=layout, stride=stride,
+                                  workers=workers, option=forced, latency=latency, repeats=repeats)
     _emit_profile(report, model_path, json_out, plot)
+
+
+def _profile_on_data(model, shape, root: str, limit: int, *, split: str, layout: str, stride: int, workers: int,
+                     option, latency: bool, repeats: int):
+    """`vared profile --data`: the gates decide on up to ``limit`` clips of a dataset, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .predict import clip_loader
+    from .profile import profile_model
+
+    if limit < 1:
+        raise VaredError(f"--clips must be at least 1, got {limit}")
+    frames, size = (shape[1], shape[2]) if shape is not None else (None, None)
+    loader = clip_loader(model, root, split=split, layout=layout, frames=frames, size=size, stride=stride,
+                         batch_size=min(8, limit), workers=workers)
+    total = min(limit, len(loader.dataset))
+    classes = model.vared_info.class_names or loader.dataset.classes
+
+    def batches():
+        seen = 0
+        for batch in loader:
+            if batch.get("clip") is None:
+                continue
+            x, y = batch["clip"][: total - seen], batch["label"][: total - seen]
+            seen += len(x)
+            yield x, y
+            if seen >= total:
+                return
+
+    bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=True)
+    with bars:
+        task = bars.add_task("decoding and running clips", total=total)
+        report = profile_model(model, clips=batches(), class_names=classes, option=option, latency=latency,
+                               repeats=repeats, on_batch=lambda n: bars.advance(task, n))
+    return report
 
 
 def _emit_profile(report, model_path: Path, json_out: Optional[str], plot: Optional[Path]) -> None:

@@ -13,6 +13,7 @@ layer and option comes from the analytic formulas that tests check against fvcor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -79,8 +80,11 @@ class LayerProfile:
 
 @dataclass
 class Latency:
+    """Median time per batch-1 clip of the original network and the adaptive model, timed side by side."""
+
     original: Timing
     adaptive: Timing
+    clips: int = 1
 
     @property
     def time_ratio(self) -> float:
@@ -94,6 +98,7 @@ class Latency:
             "device": self.original.device,
             "threads": self.original.threads,
             "repeats": self.original.repeats,
+            "clips": self.clips,
         }
 
 
@@ -314,4 +319,10 @@ def _measure_latency(model: nn.Module, inputs: list[torch.Tensor], option: tuple
     with forced_policy(model, option) if option is not None else contextlib.nullcontext():
         timings = measure_interleaved({"original": run_all(original), "adaptive": run_all(model)}, device, warmup,
                                       repeats)
-    return Latency(timings["original"], timings["adaptive"])
+    return Latency(*(_per_clip(timings[name], len(inputs)) for name in ("original", "adaptive")), clips=len(inputs))
+
+
+def _per_clip(timing: Timing, clips: int) -> Timing:
+    """A timing of one pass over ``clips`` batch-1 clips, as milliseconds per clip."""
+    return dataclasses.replace(timing, median_ms=timing.median_ms / clips, min_ms=timing.min_ms / clips,
+                               max_ms=timing.max_ms / clips)
