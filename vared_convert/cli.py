@@ -557,7 +557,7 @@ def data_check(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the dataset, models, plots and ONNX files.")] = Path("vared-demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="A smaller, faster run that shows the flow (about 3 minutes on 2 cores).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A smaller run that shows the flow (about 2 minutes on 2 cores; the full one takes about 4).")] = False,
     force: Annotated[bool, typer.Option(help="Reuse a non-empty --out folder.")] = False,
     as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON to this file.")] = None,
 ) -> None:

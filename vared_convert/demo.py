@@ -44,14 +44,14 @@ class DemoSettings:
     width: int = 16
     batch_size: int = 16
     lr: float = 3e-3
-    flops_weight: float = 20.0
+    flops_weight: float = 50.0
     export_dynamic: bool = True
 
 
 FULL = DemoSettings(train_per_class=24, val_per_class=8, baseline_epochs=12, baseline_clips=6, finetune_epochs=12,
                     warmup_epochs=2, finetune_clips=4)
-QUICK = DemoSettings(train_per_class=8, val_per_class=4, baseline_epochs=6, baseline_clips=4, finetune_epochs=3,
-                     warmup_epochs=1, finetune_clips=2, export_dynamic=False)
+QUICK = DemoSettings(train_per_class=16, val_per_class=4, baseline_epochs=10, baseline_clips=6, finetune_epochs=8,
+                     warmup_epochs=1, finetune_clips=4)
 
 
 @dataclass
