@@ -597,6 +597,11 @@ def demo(
                       f"{result.latency['original_ms']:.2f}", f"{result.latency['adaptive_ms']:.2f}")
     table.add_row("every gate at its cheapest option: top-1 (%)", "", f"{result.cheapest_top1:.1f}")
     console.print(table)
+    if result.latency and result.latency["time_ratio"] >= 1:
+        console.print(f"[yellow]time ratio {result.latency['time_ratio']:.2f} for a FLOPs ratio of "
+                      f"{result.flops_ratio:.2f}: this toy network runs in about a millisecond, where each gate's "
+                      "fixed cost (a pooling pass, two tiny linears, one decision) outweighs what its layer saves. "
+                      "For real models see the README's Speed section (r3d_18: bench_speed.py).[/]", highlight=False)
     decisions = Table(title="What each class chose (share of layer decisions)", title_justify="left")
     decisions.add_column("class")
     decisions.add_column("kind")

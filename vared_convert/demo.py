@@ -18,12 +18,12 @@ from typing import Any, Callable
 
 import torch
 
+from .data.synthetic import STATIC_CLASSES
 from .errors import VaredError
 
 __all__ = ["DemoSettings", "DemoResult", "run_demo", "QUICK", "FULL", "STATIC_CLASSES"]
 
 ARCH = "vared_convert.baseline:tiny_c3d"
-STATIC_CLASSES = ("checker", "dots", "stripes_h", "stripes_v")
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class DemoSettings:
     width: int = 16
     batch_size: int = 16
     lr: float = 3e-3
-    flops_weight: float = 50.0
+    flops_weight: float = 100.0
+    tau_end: float = 0.1  # anneal the Gumbel temperature far, so the soft mixture ends close to one option
     export_dynamic: bool = True
 
 
@@ -188,8 +189,8 @@ def run_demo(
     finetune(converted_path, dict(
         data=str(data), target_flops=s.target_flops, epochs=s.finetune_epochs, warmup_epochs=s.warmup_epochs,
         batch_size=s.batch_size, frames=s.frames, stride=s.stride, size=s.size, train_clips=s.finetune_clips,
-        lr=s.lr, flops_weight=s.flops_weight, relaxation="soft", run_dir=str(run_dir), out=str(adaptive_path),
-        seed=seed, device="cpu", log_every=5,
+        lr=s.lr, flops_weight=s.flops_weight, tau_end=s.tau_end, relaxation="soft", run_dir=str(run_dir),
+        out=str(adaptive_path), seed=seed, device="cpu", log_every=5,
     ), on_event=on_finetune_event)
 
     on_step("5. Evaluate and profile", "measuring the adaptive model on the validation clips: accuracy, FLOPs per "
@@ -233,7 +234,7 @@ def run_demo(
         f"vared finetune {converted_path} --data {data} --target-flops {s.target_flops} --epochs {s.finetune_epochs} "
         f"--warmup-epochs {s.warmup_epochs} --frames {s.frames} --stride {s.stride} --size {s.size} "
         f"--batch-size {s.batch_size} --train-clips {s.finetune_clips} --lr {s.lr} --flops-weight {s.flops_weight} "
-        f"--relaxation soft --out {adaptive_path}",
+        f"--tau-end {s.tau_end} --relaxation soft --out {adaptive_path}",
         f"vared evaluate {adaptive_path} --data {data} --stride {s.stride}",
         f"vared profile {adaptive_path} --latency --plot {out / 'savings.png'}",
         f"vared export {adaptive_path} --onnx {out / 'adaptive.onnx'}",
