@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 
+from cli_checks import assert_one_line_error
 from models_for_tests import tiny
 
 
@@ -47,14 +48,6 @@ def test_convert_json_for_scripts(run_vared, tmp_path):
     assert torch.load(tmp_path / "o.pth", weights_only=True)["class_names"] == ["walk", "run", "jump", "sit"]
 
 
-def _assert_one_line_error(proc, needle: str):
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    assert needle in lines[0], lines[0]
-
-
 def test_bad_inputs_give_one_line_errors_and_no_output(run_vared, r3d_checkpoint, tmp_path):
     out = tmp_path / "out.pth"
     common = ["--out", out, "--input-shape", "3,8,64,64"]
@@ -78,12 +71,12 @@ def test_bad_inputs_give_one_line_errors_and_no_output(run_vared, r3d_checkpoint
           "--input-shape", "3,8,64,64", "--channel", "1,abc"], "--channel"),
     ]
     for args, needle in cases:
-        _assert_one_line_error(run_vared(*args), needle)
+        assert_one_line_error(run_vared(*args), needle)
     assert set(tmp_path.iterdir()) == {garbage, truncated}  # no output, no temporary file
 
     out.write_bytes(b"precious")
     proc = run_vared("convert", r3d_checkpoint, "--arch", "torchvision:r3d_18", "--num-classes", "10", *common)
-    _assert_one_line_error(proc, "--force")
+    assert_one_line_error(proc, "--force")
     assert out.read_bytes() == b"precious"
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from cli_checks import assert_one_line_error
 from test_export import SHAPE, TwoConvNet, adaptive_two_conv, rgb_two_conv_net
 from vared_convert.arch import ArchSpec
 from vared_convert.checkpoint import save_model
@@ -41,14 +42,6 @@ def two_conv_file(tmp_path_factory):
     return save_model(model, tmp_path_factory.mktemp("models") / "two_conv.pth")
 
 
-def _assert_one_line_error(proc, needle: str):
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    assert needle in lines[0], lines[0]
-
-
 def test_export_writes_verified_dynamic_onnx_and_pt2(run_vared, two_conv_file, tmp_path):
     proc = run_vared("export", two_conv_file, "--onnx", tmp_path / "m.onnx", "--pt2", tmp_path / "m.pt2", check=True)
     assert proc.stdout.count("✓ verified") == 2 and "gates + If, batch 1" in proc.stdout
@@ -78,7 +71,7 @@ def test_failed_verification_exits_non_zero_and_writes_nothing(run_vared, tmp_pa
                      verify=False)
     path = save_model(result.model, tmp_path / "noisy.pth")
     proc = run_vared("export", path, "--onnx", tmp_path / "n.onnx", "--static-policy", "--option", "1,1")
-    _assert_one_line_error(proc, "verification failed")
+    assert_one_line_error(proc, "verification failed")
     assert not (tmp_path / "n.onnx").exists()
 
 
@@ -95,7 +88,7 @@ def test_export_and_evaluate_bad_inputs_are_one_line_errors(run_vared, two_conv_
         (["evaluate", two_conv_file, "--data", tmp_path / "nowhere"], "no such dataset directory"),
     ]
     for args, needle in cases:
-        _assert_one_line_error(run_vared(*args), needle)
+        assert_one_line_error(run_vared(*args), needle)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.onnx"]
     assert (tmp_path / "taken.onnx").read_bytes() == b"precious"
 

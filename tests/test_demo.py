@@ -7,6 +7,7 @@ import json
 import onnx
 import torch
 
+from cli_checks import assert_one_line_error
 from vared_convert.checkpoint import load_model
 
 
@@ -36,6 +37,4 @@ def test_quick_demo_runs_every_step_and_summarises(run_vared, tmp_path):
     for command in ("vared convert", "vared finetune", "vared profile", "vared export"):
         assert any(line.startswith(command) for line in summary["commands"]), command
 
-    again = run_vared("demo", "--quick", "--out", out)
-    assert again.returncode == 1 and "Traceback" not in again.stderr
-    assert "--force" in again.stderr.strip().splitlines()[-1]
+    assert_one_line_error(run_vared("demo", "--quick", "--out", out), "--force")

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from cli_checks import assert_one_line_error
 from models_for_tests import tiny
 from test_dynamic_conv import _steer_gate
 from vared_convert.arch import ArchSpec, build_model
@@ -143,6 +144,4 @@ def test_cli_profile_on_data_counts_decisions_per_clip(run_vared, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     for args, needle in [(["--data", empty], "no videos"), (["--data", data, "--clips", "0"], "--clips")]:
-        proc = run_vared("profile", model, *args)
-        assert proc.returncode == 1 and "Traceback" not in proc.stderr
-        assert needle in proc.stderr.strip().splitlines()[-1]
+        assert_one_line_error(run_vared("profile", model, *args), needle)

@@ -205,9 +205,7 @@ def _write_mp4(path: Path, video: np.ndarray, fps: int) -> None:
         stream.width, stream.height = video.shape[2], video.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = fps
-        # x264's own threads make the bytes (and decoded pixels) vary from run to run: one thread, so a seed
-        # gives the same dataset every time
-        stream.options = {"crf": "18", "preset": "fast", "x264-params": "threads=1:lookahead-threads=1"}
+        stream.options = {"crf": "18", "preset": "fast"}
         for array in video:
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
                 container.mux(packet)
