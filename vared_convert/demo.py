@@ -49,7 +49,7 @@ class DemoSettings:
     export_dynamic: bool = True
 
 
-FULL = DemoSettings(train_per_class=24, val_per_class=24, baseline_epochs=12, baseline_clips=6, finetune_epochs=12,
+FULL = DemoSettings(train_per_class=24, val_per_class=24, baseline_epochs=12, baseline_clips=6, finetune_epochs=16,
                     warmup_epochs=2, finetune_clips=4)
 QUICK = DemoSettings(train_per_class=16, val_per_class=4, baseline_epochs=10, baseline_clips=6, finetune_epochs=8,
                      warmup_epochs=1, finetune_clips=4)

@@ -27,7 +27,7 @@ __all__ = ["DecodeError", "VideoInfo", "VideoReader", "decode_threads", "probe_v
 TIME_EPS = 1e-6  # seconds: a frame presented exactly at a requested time is that time's frame
 DEFAULT_FPS = 30.0  # for streams that state no frame rate at all
 DECODE_ERRORS = (av.FFmpegError, OSError, ValueError)
-FRAME_THREADS_MIN_PIXELS = 50_000  # 128x128 frames decode faster on one thread, 256x256 ones on several
+FRAME_THREADS_MIN_PIXELS = 50_000  # 128x128 frames decode faster with slice threads, 256x256 ones with frame threads
 
 av.logging.set_libav_level(av.logging.FATAL)  # bad files are reported once by the data pipeline, not by FFmpeg
 
@@ -139,10 +139,13 @@ class VideoReader:
             self._container.close()
             raise DecodeError(path, "no video stream")
         self._stream = stream = self._container.streams.video[0]
-        threads = self.threads or decode_threads(stream.codec_context.width * stream.codec_context.height)
+        pixels = stream.codec_context.width * stream.codec_context.height
+        threads = self.threads or decode_threads()
         stream.thread_count = threads
         if threads > 1:
-            stream.thread_type = "AUTO"
+            # frame threads start with each file and decode past the clip's end: on small frames they cost more
+            # than they give, slice threads do not (benchmarks/bench_loader.py)
+            stream.thread_type = "AUTO" if pixels >= FRAME_THREADS_MIN_PIXELS else "SLICE"
 
     def _reopen(self) -> None:
         self._container.close()
@@ -219,15 +222,8 @@ class VideoReader:
         return out
 
 
-def decode_threads(pixels: int) -> int:
-    """Threads for one decoder: the cores left to it, or 1 for frames under `FRAME_THREADS_MIN_PIXELS`.
-
-    Inside a DataLoader worker the cores are shared by the workers. Frame threads start with each file and
-    decode a few frames past the end of a clip: on small frames they cost more than they give
-    (``benchmarks/bench_loader.py``).
-    """
-    if pixels < FRAME_THREADS_MIN_PIXELS:
-        return 1
+def decode_threads() -> int:
+    """Threads for one decoder: the cores left to it (inside a DataLoader worker, shared by the workers)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     worker = get_worker_info()
     return max(1, cores // (worker.num_workers if worker else 1))
