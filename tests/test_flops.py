@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from test_dynamic_conv import CONV_KINDS, OPTIONS_16
 from vared_convert.flops import conv_macs, count_macs, gate_macs, option_costs
 from vared_convert.nn import DynamicConv3d
+from vared_convert.nn.gate import clip_statistics, grid_cells, motion_cell
 
 EXTRA_KINDS = {
     # (2+1)D factorised pair, as in r2plus1d: a spatial conv then a temporal one
@@ -42,6 +44,8 @@ def test_analytic_option_cost_matches_fvcore(kind, frames):
     assert analytic[-1].total < analytic[0].total
     dyn.policy = None
     assert count_macs(dyn.gate, x)[0] == gate_macs(dyn, x.shape)
+    channels_last = x.contiguous(memory_format=torch.channels_last_3d)  # the gate pools it frame by frame in 2-D
+    assert count_macs(dyn.gate, channels_last)[0] == gate_macs(dyn, x.shape)
 
 
 def test_costs_fall_with_each_option():
@@ -53,6 +57,15 @@ def test_costs_fall_with_each_option():
     for (factor, k), cost in zip(OPTIONS_16, costs):
         assert cost >= full * k / 16 / factor
         assert cost <= full * (k / 16 / factor + 0.1)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 12, 12), (1, 4, 3, 7, 9), (2, 8, 1, 5, 5)])
+def test_gate_statistics_do_not_depend_on_the_memory_layout(shape):
+    x = torch.randn(shape)
+    channels_last = x.contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(clip_statistics(channels_last), clip_statistics(x))
+    expected = F.avg_pool3d(x, motion_cell(*shape[3:]))
+    torch.testing.assert_close(grid_cells(channels_last), expected)
 
 
 def test_gate_is_cheap_against_its_conv():

@@ -34,7 +34,7 @@ def _sub_macs(inputs: list[Any], outputs: list[Any]) -> int:
 
 
 def _avg_pool_macs(inputs: list[Any], outputs: list[Any]) -> int:
-    """fvcore handle for ``aten::avg_pool3d`` with stride = window (the gate's grid cells): one add per pooled
+    """fvcore handle for ``aten::avg_pool3d``/``2d`` with stride = window (the gate's grid cells): one add per pooled
     input element. Under jit tracing the window is not a constant, so it is read off the shapes."""
     in_shape, out_shape = inputs[0].type().sizes(), outputs[0].type().sizes()
     if not in_shape or not out_shape:
@@ -44,7 +44,8 @@ def _avg_pool_macs(inputs: list[Any], outputs: list[Any]) -> int:
 
 
 # Ops that vared's layers introduce and fvcore does not count by default (abs is a sign flip: not counted).
-VARED_HANDLES = {"aten::mean": _mean_macs, "aten::sub": _sub_macs, "aten::avg_pool3d": _avg_pool_macs}
+VARED_HANDLES = {"aten::mean": _mean_macs, "aten::sub": _sub_macs, "aten::avg_pool3d": _avg_pool_macs,
+                 "aten::avg_pool2d": _avg_pool_macs}  # 2-D: the grid of a channels-last map, frame by frame
 
 
 def count_macs(model: nn.Module, inputs: torch.Tensor | tuple, vared_handles: bool = True) -> tuple[int, dict[str, int]]:
