@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from models_for_tests import tiny, untraceable
 from vared_convert.arch import ArchSpec, build_model
@@ -153,3 +154,30 @@ def test_bad_models_and_shapes():
         convert(converted, (3, 8, 32, 32))
     with pytest.raises(VaredError, match="does not run on a clip"):
         convert(untraceable(), (5, 4, 16, 16))
+
+
+class _CheapAndDearConvs(nn.Module):
+    """A pointwise 4→4 conv over a large map (cheap ops and gate cost as much as it) before a dear 3×3×3 conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv3d(3, 4, 1)
+        self.pointwise = nn.Conv3d(4, 4, 1, bias=False)
+        self.down = nn.Conv3d(4, 64, (1, 4, 4), stride=(1, 4, 4))
+        self.dear = nn.Conv3d(64, 64, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.dear(self.down(self.pointwise(self.stem(x))))
+
+
+def test_time_aware_rule_keeps_static_what_would_not_save_time():
+    model = _CheapAndDearConvs()
+    plain = convert(model, (3, 16, 96, 96), min_flops_share=0, max_gate_overhead=1.0)
+    assert {"pointwise", "dear"} <= {d.name for d in plain.report.converted}
+    timed = convert(model, (3, 16, 96, 96), min_flops_share=0, max_gate_overhead=1.0, time_aware=True)
+    decisions = {d.name: d for d in timed.report.layers}
+    assert decisions["dear"].converted
+    assert not decisions["pointwise"].converted and "no time to save" in decisions["pointwise"].reason
+    assert not isinstance(timed.model.pointwise, DynamicConv3d) and isinstance(timed.model.dear, DynamicConv3d)
+    assert timed.report.max_abs_error == 0.0
+    assert [layer.name for layer in timed.recipe.layers] == [d.name for d in timed.report.converted]

@@ -28,6 +28,8 @@ def convert_checkpoint(
     skip: Sequence[str] = (),
     min_flops_share: float = 0.002,
     convert_stem: bool = False,
+    time_aware: bool = False,
+    time_device: str = "cpu",
     class_names: Sequence[str] | None = None,
     trust_pickle: bool = False,
     force: bool = False,
@@ -41,6 +43,7 @@ def convert_checkpoint(
     result = convert(
         model, input_shape, arch=model.vared_info.arch, temporal=temporal, channel=channel, only=only, skip=skip,
         min_flops_share=min_flops_share, convert_stem=convert_stem, class_names=model.vared_info.class_names,
+        time_aware=time_aware, time_device=time_device,
     )
     save_model(result.model, out, force=force)
     return result

@@ -102,6 +102,10 @@ def convert(
                                             "rules (repeatable).")] = [],
     min_share: Annotated[float, typer.Option(help="Convs under this share of the model's FLOPs stay static.")] = 0.002,
     convert_stem: Annotated[bool, typer.Option(help="Also convert convs that read the input clip.")] = False,
+    time_aware: Annotated[bool, typer.Option("--time-aware", help="Time each converted conv on --time-device and "
+                                             "keep it static where its gate and cheapest option save under 10% "
+                                             "of its time (FLOPs are not time: X3D's 1×1×1 convs on a CPU).")] = False,
+    time_device: Annotated[str, typer.Option(help="Device for --time-aware: cpu, cuda or auto.")] = "cpu",
     classes: Annotated[Optional[Path], typer.Option(help="Text file with the class names, one per line.")] = None,
     trust_pickle: Annotated[bool, typer.Option(help="Allow a checkpoint that holds pickled Python objects "
                                                "(runs code from the file: only for sources you trust).")] = False,
@@ -120,8 +124,8 @@ def convert(
             checkpoint, out, arch,
             num_classes=num_classes, input_shape=shape,
             temporal=parse_ints(temporal, "--temporal"), channel=parse_floats(channel, "--channel"),
-            only=only, skip=skip, min_flops_share=min_share, convert_stem=convert_stem,
-            class_names=read_class_names(classes), trust_pickle=trust_pickle, force=force,
+            only=only, skip=skip, min_flops_share=min_share, convert_stem=convert_stem, time_aware=time_aware,
+            time_device=time_device, class_names=read_class_names(classes), trust_pickle=trust_pickle, force=force,
         )
     finally:
         if status:

@@ -26,7 +26,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .arch import ArchSpec, default_input_shape
 from .errors import VaredError
-from .flops import conv_macs, count_macs, gate_macs
+from .flops import conv_macs, count_macs, gate_macs, option_costs
 from .nn import ConvOption, DynamicConv3d, channel_count, default_gate_hidden, forced_policy
 from .recipe import LayerRecipe, ModelInfo, Recipe, model_info, replace_module
 
@@ -46,6 +46,7 @@ DEFAULT_TEMPORAL: tuple[int, ...] = (1, 2)
 DEFAULT_CHANNEL: tuple[float, ...] = (1.0, 0.5, 0.25)
 DEFAULT_MIN_SHARE = 0.002  # a conv under 0.2% of the model's FLOPs is not worth a gate
 DEFAULT_MAX_GATE_OVERHEAD = 0.05  # nor one whose gate would cost more than 5% of the conv itself
+DEFAULT_MIN_TIME_SAVING = 0.1  # time-aware rule: the cheapest option, gate included, must save 10% of the conv's time
 VERIFY_ATOL = 1e-5
 
 
@@ -277,6 +278,44 @@ def _decide(
     return decision
 
 
+def _time_rule(
+    adaptive: nn.Module, original: nn.Module, decisions: list[LayerDecision], min_saving: float,
+    device: torch.device, only: Sequence[str],
+) -> None:
+    """The time-aware rule: a converted conv goes back to static where, measured on ``device`` at its input
+    shape (batch 1; channels-last on the CPU), its gate plus its cheapest option does not save ``min_saving`` of
+    the full conv's time. FLOPs are not time: a 1×1×1 conv is one fast GEMM, while rebuilding its skipped frames
+    and channels are passes over memory that can cost more than the conv (X3D on the CPU)."""
+    from .timing import measure_interleaved
+
+    layout = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+    for d in decisions:
+        if not d.converted or _matches(d.name, only):
+            continue
+        layer = adaptive.get_submodule(d.name)
+        x = torch.randn(1, *d.input_shape, device=device).contiguous(memory_format=layout)
+        costs = option_costs(layer, x.shape)
+        cheapest = min(range(layer.num_options), key=lambda o: costs[o].total)
+        moved = layer.to(device).eval()
+
+        def adaptive_call(o: int = cheapest) -> None:
+            moved.gate(x)
+            moved.run_option(x, o)
+
+        def full_call() -> None:
+            torch.nn.functional.conv3d(x, moved.weight, moved.bias, moved.stride, moved.padding, moved.dilation,
+                                       moved.groups)
+
+        timings = measure_interleaved({"full": full_call, "cheapest": adaptive_call}, device, warmup=2, repeats=5)
+        layer.to("cpu")
+        full_ms, cheapest_ms = timings["full"].median_ms, timings["cheapest"].median_ms
+        if cheapest_ms > (1 - min_saving) * full_ms:
+            replace_module(adaptive, d.name, copy.deepcopy(original.get_submodule(d.name)))
+            d.options, d.gate_hidden = None, 0
+            d.reason = (f"no time to save on {device.type}: gate + cheapest option {cheapest_ms:.2f} ms vs the conv "
+                        f"{full_ms:.2f} ms")
+
+
 # ---------------------------------------------------------------------------------------------- conversion
 @dataclass
 class ConversionReport:
@@ -374,6 +413,9 @@ def convert(
     convert_stem: bool = False,
     class_names: Sequence[str] | None = None,
     verify: bool = True,
+    time_aware: bool = False,
+    min_time_saving: float = DEFAULT_MIN_TIME_SAVING,
+    time_device: str | torch.device = "cpu",
 ) -> Conversion:
     """Make an adaptive copy of ``model`` (the original is left untouched) and verify it.
 
@@ -391,6 +433,8 @@ def convert(
         convert_stem: also convert convs that read the input clip.
         class_names: what the model's outputs mean, stored with it.
         verify: check that the full path reproduces the original (raises if it does not).
+        time_aware: also time each converted conv on ``time_device`` and keep it static where its gate plus its
+            cheapest option does not save ``min_time_saving`` of the conv's time (convs named by ``only`` stay).
     """
     arch_spec = ArchSpec(arch) if isinstance(arch, str) else arch
     if arch_spec is None and (info := model_info(model)) is not None:
@@ -418,6 +462,10 @@ def convert(
             if d.converted:
                 conv = adaptive.get_submodule(d.name)
                 replace_module(adaptive, d.name, DynamicConv3d.from_conv(conv, d.options, d.gate_hidden))
+        if time_aware:
+            from .timing import resolve_device
+
+            _time_rule(adaptive, original, decisions, min_time_saving, resolve_device(str(time_device)), only)
         report = ConversionReport(decisions, analysis, trace_failure, total_macs, shape)
         if verify:
             report.max_abs_error = verify_full_path(original, adaptive, example)
