@@ -11,6 +11,7 @@ Every step calls the same library functions as the individual commands; the summ
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,8 +143,6 @@ def run_demo(
     on_step("1. Data", f"writing a synthetic action dataset to {data}: 4 classes told apart by appearance alone "
                        "(a still textured square), 4 by motion (rise, fall, drift, shake)")
     if data.exists():
-        import shutil
-
         shutil.rmtree(data)
     total = 8 * (s.train_per_class + s.val_per_class)
     advance = progress("writing videos", total)
@@ -156,7 +155,8 @@ def run_demo(
     train_set = VideoClipDataset.from_index(index, "train", clips_per_video=s.baseline_clips, seed=seed, **clip)
     val_set = VideoClipDataset.from_index(index, "val", train=False, seed=seed, **clip)
     train_loader = make_loader(train_set, s.batch_size, 2, shuffle=True, drop_last=True, seed=seed)
-    val_loader = make_loader(val_set, 32, 2, seed=seed)
+    # decoded once, then reused by every measurement below (original, adaptive, full path, cheapest, profile)
+    val_batches = [batch for batch in make_loader(val_set, 32, 2, seed=seed) if batch.get("clip") is not None]
     baseline = tiny_c3d(num_classes=len(classes), width=s.width)
     steps = len(train_loader) * s.baseline_epochs
     advance = progress("training the baseline", steps)
@@ -166,7 +166,7 @@ def run_demo(
         return train_loader
 
     train_classifier(baseline, epochs, len(train_loader), s.baseline_epochs, lr=3e-3, on_step=lambda step, loss: advance(1))
-    original_top1 = top1(baseline, val_loader, torch.device("cpu"))
+    original_top1 = top1(baseline, val_batches, torch.device("cpu"))
     baseline_path = out / "baseline.pth"
     with atomic_output(baseline_path, force=True) as tmp:
         torch.save(baseline.state_dict(), tmp)
@@ -175,7 +175,7 @@ def run_demo(
                           "path reproduces the original exactly")
     converted_path = out / "baseline_vared.pth"
     shape = (3, s.frames, s.size, s.size)
-    conversion = convert_checkpoint(baseline_path, converted_path, ARCH, num_classes=len(classes), input_shape=shape,
+    convert_checkpoint(baseline_path, converted_path, ARCH, num_classes=len(classes), input_shape=shape,
                                     class_names=classes, force=True)
 
     on_step("4. Finetune", f"learning the gates and cheap ops to a FLOPs target of {s.target_flops} (CE + "
@@ -183,8 +183,6 @@ def run_demo(
     adaptive_path = out / "adaptive.pth"
     run_dir = out / "run"
     if run_dir.exists():
-        import shutil
-
         shutil.rmtree(run_dir)
     finetune(converted_path, dict(
         data=str(data), target_flops=s.target_flops, epochs=s.finetune_epochs, warmup_epochs=s.warmup_epochs,
@@ -196,20 +194,14 @@ def run_demo(
     on_step("5. Evaluate and profile", "measuring the adaptive model on the validation clips: accuracy, FLOPs per "
                                        "layer, what each class chose, and CPU latency against the original")
     adaptive = load_model(adaptive_path)
-    report = evaluate(adaptive, val_loader)
+    report = evaluate(adaptive, val_batches)
     with forced_policy(adaptive, (1, 1.0)):
-        full_path_top1 = top1(adaptive, val_loader, torch.device("cpu"))
+        full_path_top1 = top1(adaptive, val_batches, torch.device("cpu"))
     with forced_policy(adaptive, (max(adaptive.vared_info.recipe.temporal), min(adaptive.vared_info.recipe.channel))):
-        cheapest_top1 = top1(adaptive, val_loader, torch.device("cpu"))
+        cheapest_top1 = top1(adaptive, val_batches, torch.device("cpu"))
     adaptive = load_model(adaptive_path)  # contiguous layout for profiling and export
-
-    def labelled_batches():
-        for batch in val_loader:
-            if batch.get("clip") is not None:
-                yield batch["clip"], batch["label"]
-
-    profile = profile_model(adaptive, clips=labelled_batches(), class_names=classes, latency=True, repeats=10,
-                            latency_clips=8)
+    profile = profile_model(adaptive, clips=((b["clip"], b["label"]) for b in val_batches), class_names=classes,
+                            latency=True, repeats=10, latency_clips=8)
     plot_layer_savings(profile, out / "savings.png")
     shares = _class_shares(profile.class_histograms)
     plot_class_decisions(profile.class_histograms, out / "decisions.png",
