@@ -56,6 +56,14 @@ def print_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
+def write_json(path: str | Path, data: object) -> None:
+    """Write ``data`` as indented JSON to ``path``, atomically (a temporary file, then rename)."""
+    from .files import atomic_output
+
+    with atomic_output(path, force=True) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def fmt_shape(shape) -> str:
     return "×".join(str(s) for s in shape)
 
@@ -305,10 +313,7 @@ def _emit_profile(report, model_path: Path, json_out: Optional[str], plot: Optio
     else:
         print_profile(report, f"{model_path.name}: GFLOPs per layer ({report.mode})")
         if json_out:
-            from .files import atomic_output
-
-            with atomic_output(json_out, force=True) as tmp:
-                tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            write_json(json_out, report.to_dict())
             console.print(f"wrote {json_out}")
     if plot:
         from .plots import plot_layer_savings
@@ -520,9 +525,6 @@ def evaluate(
 
 
 # ---- vared data ---------------------------------------------------------------------------------------------
-from pathlib import Path  # noqa: E402 - kept in this block
-from typing import Annotated  # noqa: E402
-
 data_app = typer.Typer(no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -541,8 +543,6 @@ def data_check(
     """Index a dataset and try to decode every video (header and first frame)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    import json
-
     from .data.check import check_dataset
 
     columns = (TextColumn("checking videos"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -550,7 +550,7 @@ def data_check(
         task = bar.add_task("check", total=None)
         report = check_dataset(root, layout, progress=lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:
-        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+        print_json(report.to_dict())
     else:
         console.print(report)
     if report.readable == 0:
@@ -626,10 +626,7 @@ def demo(
     console.print(f"plots: {result.files['savings_plot']}, {result.files['decisions_plot']}; "
                   f"finished in {result.seconds / 60:.1f} min")
     if as_json:
-        from .files import atomic_output
-
-        with atomic_output(as_json, force=True) as tmp:
-            tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        write_json(as_json, result.to_dict())
 
 
 def main() -> None:

@@ -286,28 +286,30 @@ def _time_rule(
     shape (batch 1; channels-last on the CPU), its gate plus its cheapest option does not save ``min_saving`` of
     the full conv's time. FLOPs are not time: a 1×1×1 conv is one fast GEMM, while rebuilding its skipped frames
     and channels are passes over memory that can cost more than the conv (X3D on the CPU)."""
+    from .predict import inference_memory_format
     from .timing import measure_interleaved
 
-    layout = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+    layout = inference_memory_format(device)
     for d in decisions:
         if not d.converted or _matches(d.name, only):
             continue
         layer = adaptive.get_submodule(d.name)
+        home = layer.weight.device
         x = torch.randn(1, *d.input_shape, device=device).contiguous(memory_format=layout)
         costs = option_costs(layer, x.shape)
         cheapest = min(range(layer.num_options), key=lambda o: costs[o].total)
-        moved = layer.to(device).eval()
+        layer.to(device).eval()  # in place: moved back below
 
-        def adaptive_call(o: int = cheapest) -> None:
-            moved.gate(x)
-            moved.run_option(x, o)
+        def adaptive_call() -> None:
+            layer.gate(x)
+            layer.run_option(x, cheapest)
 
         def full_call() -> None:
-            torch.nn.functional.conv3d(x, moved.weight, moved.bias, moved.stride, moved.padding, moved.dilation,
-                                       moved.groups)
+            torch.nn.functional.conv3d(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation,
+                                       layer.groups)
 
         timings = measure_interleaved({"full": full_call, "cheapest": adaptive_call}, device, warmup=2, repeats=5)
-        layer.to("cpu")
+        layer.to(home)
         full_ms, cheapest_ms = timings["full"].median_ms, timings["cheapest"].median_ms
         if cheapest_ms > (1 - min_saving) * full_ms:
             replace_module(adaptive, d.name, copy.deepcopy(original.get_submodule(d.name)))

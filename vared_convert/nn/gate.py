@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .rebuild import memory_format_of
+
 __all__ = ["MOTION_GRID", "SoftModulationGate", "default_gate_hidden", "clip_statistics", "grid_cells", "motion_cell"]
 
 
@@ -31,7 +33,7 @@ def grid_cells(x: torch.Tensor) -> torch.Tensor:
     is 10-40× slower than its 2-D one, and it made the gates cost more than the convs they steer.
     """
     window = motion_cell(x.shape[3], x.shape[4])
-    if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+    if memory_format_of(x) == torch.channels_last_3d:
         n, c, t, h, w = x.shape
         cells = F.avg_pool2d(x.transpose(1, 2).reshape(n * t, c, h, w), window[1:])
         return cells.reshape(n, t, c, *cells.shape[2:]).transpose(1, 2)

@@ -67,13 +67,20 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
-def _check_model(model: nn.Module | None, path: str | os.PathLike) -> None:
-    info = model_info(model) if model is not None else None
+def _load_converted(path: str | os.PathLike) -> nn.Module:
+    """The converted model at ``path``; a plain checkpoint (or a model without a recipe) names `vared convert`."""
+    not_converted = VaredError(
+        f"{path} is not a converted vared model; convert it first: vared convert {path} --arch ARCH "
+        f"--out {Path(path).stem}_vared.pth"
+    )
+    try:
+        model = load_model(path)
+    except NotConvertedError:
+        raise not_converted from None
+    info = model_info(model)
     if info is None or info.recipe is None:
-        raise VaredError(
-            f"{path} is not a converted vared model; convert it first: vared convert {path} --arch ARCH "
-            f"--out {Path(path).stem}_vared.pth"
-        )
+        raise not_converted
+    return model
 
 
 def _head_size(model: nn.Module, clip_shape: tuple[int, ...], device: torch.device) -> int:
@@ -106,11 +113,7 @@ def finetune(
     emit: EventFn = on_event if (on_event and runtime.is_main) else (lambda kind, data: None)
     try:
         torch.manual_seed(cfg.seed)
-        try:
-            model = load_model(model_path)
-        except NotConvertedError:
-            model = None
-        _check_model(model, model_path)
+        model = _load_converted(model_path)
         info = model_info(model)
         model.to(runtime.device)
         clip_shape = (3, cfg.frames, cfg.size, cfg.size)

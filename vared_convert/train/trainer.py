@@ -176,7 +176,8 @@ class Finetuner:
                 param.requires_grad = True
 
     def _head(self) -> nn.Module:
-        heads = [m for m in self.model.modules() if isinstance(m, nn.Linear) and not _inside_gate(self.model, m)]
+        heads = [m for name, m in self.model.named_modules()
+                 if isinstance(m, nn.Linear) and self._group_of(name) != "gates"]
         return heads[-1] if heads else nn.Identity()
 
     @staticmethod
@@ -215,7 +216,7 @@ class Finetuner:
         self.model.train()
         if not self.cfg.train_bn:
             for name, m in self.model.named_modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and ".gate." not in f".{name}.":
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and self._group_of(name) != "gates":
                     m.eval()
 
     def temperature(self, step: int) -> float:
@@ -422,7 +423,3 @@ class Finetuner:
         self.save_last()
         return result
 
-
-def _inside_gate(model: nn.Module, module: nn.Module) -> bool:
-    return any(module is m for layer in model.modules() if isinstance(layer, DynamicConv3d)
-               for m in layer.gate.modules())
