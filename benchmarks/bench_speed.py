@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from vared_convert.arch import build_model
 from vared_convert.convert import convert
-from vared_convert.export import export_model, static_policy
+from vared_convert.export import LOWERINGS, export_model, lower_conv3d, static_policy
 from vared_convert.flops import CostModel, option_costs
 from vared_convert.nn import dynamic_convs, option_index
 from vared_convert.timing import measure_interleaved, resolve_device
@@ -174,38 +174,39 @@ def _pin_initializers(onnx_model, adaptive: torch.nn.Module, option: tuple[int, 
     return model
 
 
-def bench_onnx(name, original, adaptive, options, shape, batch, ratios, repeats, folder: Path) -> list[Row]:
+def bench_onnx(name, original, adaptive, options, shape, batch, ratios, repeats, folder: Path,
+               lowering: str) -> list[Row]:
     import onnx
 
     threads = torch.get_num_threads()
     clip = torch.randn(batch, *shape).numpy()
-    original_path = folder / f"{name}_original.onnx"
-    if not original_path.exists():
-        export_plain(original, shape, original_path)
+    original_path = folder / f"{name}_original_{lowering}.onnx"
+    if not original_path.exists():  # the baseline goes through the same conv lowering as the adaptive model
+        export_plain(lower_conv3d(original) if lowering == "frames" else original, shape, original_path)
     sessions = {"original": _session(original_path, threads)}
     if batch == 1:  # the dynamic model: gates and If; one export, gates pinned per option in the initializers
-        dynamic_path = folder / f"{name}_dynamic.onnx"
+        dynamic_path = folder / f"{name}_dynamic_{lowering}.onnx"
         if not dynamic_path.exists():
             distinct = copy.deepcopy(adaptive)
             with torch.no_grad():  # distinct gate weights, so the exporter keeps one initializer per gate
                 for _, layer in dynamic_convs(distinct):
                     layer.gate.fc2.weight.normal_(0, 1e-3)
                     layer.gate.fc2.bias.normal_(0, 1e-3)
-            export_model(distinct, onnx=dynamic_path, input_shape=shape, verify=False)
+            export_model(distinct, onnx=dynamic_path, input_shape=shape, verify=False, lowering=lowering)
         base = onnx.load(dynamic_path)
         for option in options:
             sessions[option] = _session(_pin_initializers(base, adaptive, option).SerializeToString(), threads)
         check = _check_pinned(sessions[options[-1]], pinned(adaptive, options[-1]), clip)
-        kind, flops = "onnxruntime If", {o: ratios[o][0] for o in options}
+        kind, flops = f"ort If {lowering}", {o: ratios[o][0] for o in options}
     else:  # the static-policy export of each option: no gates, any batch
         for option in options:
-            path = folder / f"{name}_static_{option[0]}_{option[1]:g}.onnx"
+            path = folder / f"{name}_static_{option[0]}_{option[1]:g}_{lowering}.onnx"
             if not path.exists():
                 export_model(adaptive, onnx=path, policy=static_policy(adaptive, option), input_shape=shape,
-                             verify=False)
+                             verify=False, lowering=lowering)
             sessions[option] = _session(path, threads)
         check = None
-        kind, flops = "onnxruntime static", {o: ratios[o][1] for o in options}
+        kind, flops = f"ort static {lowering}", {o: ratios[o][1] for o in options}
     if check is not None and check > 1e-3:
         raise RuntimeError(f"pinned ONNX model differs from PyTorch by {check:.3g}")
     medians = _time_sessions(sessions, clip, repeats)
@@ -259,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout", default="auto", choices=["auto", "channels-last", "ncdhw"],
                         help="eager memory layout (auto: channels-last on the CPU)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="eager dtype")
+    parser.add_argument("--lowering", default="frames", help="ONNX conv lowering, comma-separated: "
+                        + ", ".join(LOWERINGS) + " (the original is exported with the same one)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
@@ -274,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         batches = sorted({min(b, 2) for b in batches})
     backends = args.backends.split(",")
+    lowerings = args.lowering.split(",")
+    if any(lowering not in LOWERINGS for lowering in lowerings):
+        parser.error(f"--lowering: choose from {', '.join(LOWERINGS)}")
     if device.type != "cpu" and "onnxruntime" in backends:
         parser.error("ONNX Runtime runs on the CPU here: add --backends eager for a GPU run")
     rows: list[Row] = []
@@ -292,9 +298,10 @@ def main(argv: list[str] | None = None) -> int:
                     rows += bench_eager(name, original, adaptive, costs, options, shape, batch, device, dtype, layout,
                                         repeats)
                     print(f"# {name} eager batch {batch} done", file=sys.stderr, flush=True)
-                if "onnxruntime" in backends:
-                    rows += bench_onnx(name, original, adaptive, options, shape, batch, ratios, repeats, Path(tmp))
-                    print(f"# {name} onnxruntime batch {batch} done", file=sys.stderr, flush=True)
+                for lowering in lowerings if "onnxruntime" in backends else []:
+                    rows += bench_onnx(name, original, adaptive, options, shape, batch, ratios, repeats, Path(tmp),
+                                       lowering)
+                    print(f"# {name} onnxruntime ({lowering}) batch {batch} done", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
     else:

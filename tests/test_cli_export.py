@@ -56,6 +56,16 @@ def test_export_static_policy_json(run_vared, two_conv_file, tmp_path):
     (result,) = data["exports"]
     assert result["policy"] == "static" and result["batch"] == "any" and result["max_abs_error"] <= 1e-4
     assert result["options"] == {"conv1": 4, "conv2": 4}
+    assert result["lowering"] == "none"
+
+
+def test_export_with_frame_lowering(run_vared, two_conv_file, tmp_path):
+    proc = run_vared("export", two_conv_file, "--onnx", tmp_path / "s.onnx", "--static-policy", "--option", "1,0.5",
+                     "--conv-lowering", "frames", check=True)
+    assert "convs lowered to frames" in proc.stdout and "✓ verified" in proc.stdout
+    bad = run_vared("export", two_conv_file, "--onnx", tmp_path / "b.onnx", "--conv-lowering", "im2col")
+    assert_one_line_error(bad, "--conv-lowering must be one of none, frames")
+    assert not (tmp_path / "b.onnx").exists()
 
 
 def test_export_static_policy_from_data(run_vared, tmp_path):

@@ -27,11 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import VaredError
 from .files import atomic_output, check_output_path
 from .nn import DynamicConv3d, dynamic_convs, option_index
+from .nn.dynamic_conv import Conv3dFunction
+from .nn.frame_conv import FrameConv3d, lowered_conv3d, lowering_pays
 from .recipe import model_info, replace_module
 
 __all__ = [
@@ -42,20 +45,22 @@ __all__ = [
     "conditional_model",
     "static_model",
     "static_policy",
+    "lower_conv3d",
     "most_frequent_policy",
     "export_model",
     "sample_clips",
 ]
 
 DEFAULT_ATOL = 1e-4
+LOWERINGS = ("none", "frames")
 
 
 class ConditionalConv3d(nn.Module):
     """A dynamic conv for export: the gate picks an option, ``torch.cond`` runs only that option's branch."""
 
-    def __init__(self, layer: DynamicConv3d):
+    def __init__(self, layer: DynamicConv3d, conv3d: Conv3dFunction = F.conv3d):
         super().__init__()
-        self.layer = layer
+        self.layer, self.conv3d = layer, conv3d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         choice = self.layer.gate(x).argmax()  # one clip: a 0-d option index
@@ -63,8 +68,8 @@ class ConditionalConv3d(nn.Module):
 
     def _among(self, first: int, end: int, x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
         """Run the chosen option of ``first .. end - 1``: a balanced tree of conds (shallow nesting exports fast)."""
-        if end - first == 1:  # cond's branches must return dense tensors (odd frame counts leave a slice)
-            return self.layer.run_option(x, first).contiguous()
+        if end - first == 1:  # cond's branches must return tensors of one layout: dense, canonical strides
+            return _dense(self.layer.run_option(x, first, self.conv3d))
         middle = (first + end) // 2
         return torch.cond(
             choice < middle,
@@ -74,42 +79,77 @@ class ConditionalConv3d(nn.Module):
         )
 
 
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with row-major strides, size-1 dimensions included (``contiguous()`` keeps a size-1 dimension's
+    stride, and odd frame counts or the frame lowering's transposes leave other layouts)."""
+    canonical, step = [], 1
+    for size in reversed(x.shape):
+        canonical.append(step)
+        step *= size
+    return x if x.stride() == tuple(reversed(canonical)) else x.clone(memory_format=torch.contiguous_format)
+
+
 class FixedOptionConv3d(nn.Module):
     """A dynamic conv frozen to one option for export: no gate, only that option's slice and cheap ops."""
 
-    def __init__(self, layer: DynamicConv3d, option: int):
+    def __init__(self, layer: DynamicConv3d, option: int, conv3d: Conv3dFunction = F.conv3d):
         super().__init__()
-        self.layer, self.option = layer, option
+        self.layer, self.option, self.conv3d = layer, option, conv3d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer.run_option(x, self.option)
+        return self.layer.run_option(x, self.option, self.conv3d)
 
     def extra_repr(self) -> str:
         return f"option={self.option} {self.layer.options[self.option]}"
 
 
-def _swapped(model: nn.Module, make: Callable[[str, DynamicConv3d], nn.Module]) -> nn.Module:
-    """An eval-mode copy of ``model`` with every dynamic conv replaced by ``make(name, layer)``."""
+def lower_conv3d(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """``model`` (a copy unless ``inplace``) with each static ``nn.Conv3d`` run as 2-D convs over frames
+    (:class:`~vared_convert.nn.frame_conv.FrameConv3d`) where that pays. Dynamic convs are left to their export
+    modules, which lower their computed part themselves."""
+    lowered = model if inplace else copy.deepcopy(model)
+    inside_dynamic = {f"{name}.{sub}" for name, m in dynamic_convs(lowered) for sub, _ in m.named_modules() if sub}
+    for name, module in list(lowered.named_modules()):
+        if (isinstance(module, nn.Conv3d) and name not in inside_dynamic and module.padding_mode == "zeros"
+                and not isinstance(module.padding, str) and lowering_pays(module.weight, module.groups)):
+            replace_module(lowered, name, FrameConv3d(module))
+    return lowered
+
+
+def conv_function(lowering: str) -> Conv3dFunction:
+    """How exported 3-D convs compute: ``"none"`` as 3-D convs, ``"frames"`` as 2-D convs over frames where that
+    pays (:mod:`vared_convert.nn.frame_conv`)."""
+    if lowering not in LOWERINGS:
+        raise VaredError(f"--conv-lowering must be one of {', '.join(LOWERINGS)}, got {lowering!r}")
+    return lowered_conv3d if lowering == "frames" else F.conv3d
+
+
+def _swapped(model: nn.Module, make: Callable[[str, DynamicConv3d], nn.Module], lowering: str) -> nn.Module:
+    """An eval-mode copy of ``model`` with every dynamic conv replaced by ``make(name, layer)`` and, with the
+    ``"frames"`` lowering, every static 3-D conv run as 2-D convs over frames."""
+    conv_function(lowering)
     copied = copy.deepcopy(model).eval()
     layers = dynamic_convs(copied)
     if not layers:
         raise VaredError("the model has no adaptive convolution; convert it first (vared convert)")
     for name, layer in layers:
         replace_module(copied, name, make(name, layer))
-    return copied
+    return lower_conv3d(copied, inplace=True) if lowering == "frames" else copied
 
 
-def conditional_model(model: nn.Module) -> nn.Module:
+def conditional_model(model: nn.Module, lowering: str = "none") -> nn.Module:
     """A copy of ``model`` whose dynamic convs decide with ``torch.cond`` (exports to ONNX ``If``; batch 1)."""
-    return _swapped(model, lambda name, layer: ConditionalConv3d(layer))
+    conv3d = conv_function(lowering)
+    return _swapped(model, lambda name, layer: ConditionalConv3d(layer, conv3d), lowering)
 
 
-def static_model(model: nn.Module, policy: Mapping[str, int]) -> nn.Module:
+def static_model(model: nn.Module, policy: Mapping[str, int], lowering: str = "none") -> nn.Module:
     """A copy of ``model`` whose dynamic convs run the option ``policy[name]`` each, with no gate."""
     missing = [name for name, _ in dynamic_convs(model) if name not in policy]
     if missing:
         raise VaredError(f"the static policy names no option for {len(missing)} layers (first: {missing[0]})")
-    return _swapped(model, lambda name, layer: FixedOptionConv3d(layer, int(policy[name])))
+    conv3d = conv_function(lowering)
+    return _swapped(model, lambda name, layer: FixedOptionConv3d(layer, int(policy[name]), conv3d), lowering)
 
 
 def static_policy(model: nn.Module, option: tuple[int, float]) -> dict[str, int]:
@@ -154,6 +194,7 @@ class ExportResult:
     atol: float
     clips: int  # sample clips compared
     options: dict[str, int] = field(default_factory=dict)  # static: each layer's option index
+    lowering: str = "none"  # how 3-D convs were written: "none" (3-D) or "frames" (2-D convs over frames)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,6 +285,7 @@ def export_model(
     atol: float = DEFAULT_ATOL,
     clips: Sequence[torch.Tensor] | None = None,
     force: bool = False,
+    lowering: str = "none",
 ) -> list[ExportResult]:
     """Export an adaptive model as ONNX and/or a ``torch.export`` program (``.pt2``), verified.
 
@@ -256,6 +298,9 @@ def export_model(
         verify: compare every written file with PyTorch eager on ``clips``; above ``atol`` raise and write nothing.
         clips: the sample inputs for verification (default: seeded random clips of the export shape).
         force: overwrite existing outputs.
+        lowering: ``"frames"`` writes every 3-D conv as 2-D convs over frames (faster in ONNX Runtime on the CPU,
+            where a 3-D conv's unfolding does not shrink with the channels an option computes); ``"none"`` keeps
+            3-D convs.
     """
     if onnx is None and pt2 is None:
         raise VaredError("nothing to write: give --onnx PATH and/or --pt2 PATH")
@@ -266,7 +311,7 @@ def export_model(
         check_output_path(path, force)
     shape = _input_shape(model, input_shape)
     dynamic = policy is None
-    module = conditional_model(model) if dynamic else static_model(model, policy)
+    module = conditional_model(model, lowering) if dynamic else static_model(model, policy, lowering)
     if clips is None:
         clips = sample_clips(shape, count=4 if dynamic else 2, batch=1 if dynamic else 2)
     if dynamic and any(clip.shape[0] != 1 for clip in clips):
@@ -294,5 +339,6 @@ def export_model(
                         f"nothing written to {path}"
                     )
         results.append(ExportResult(str(path), kind, "dynamic" if dynamic else "static", "1" if dynamic else "any",
-                                    error, atol, len(clips) if verify else 0, {} if dynamic else dict(policy)))
+                                    error, atol, len(clips) if verify else 0, {} if dynamic else dict(policy),
+                                    lowering))
     return results

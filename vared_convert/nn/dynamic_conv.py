@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from .rebuild import ChannelRebuild, FrameRebuild, memory_format_of
 __all__ = ["ConvOption", "DynamicConv3d", "conv_output_frames"]
 
 Policy = int | str | None
+Conv3dFunction = Callable[..., torch.Tensor]  # F.conv3d's signature
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,11 @@ class DynamicConv3d(nn.Module):
         return conv_output_frames(frames, self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0])
 
     # ------------------------------------------------------------------ running one option
-    def computed_part(self, x: torch.Tensor, option: int) -> torch.Tensor:
-        """The conv restricted to ``option``: frames 0, R, 2R, ... and channels 0..k-1 of the full output."""
+    def computed_part(self, x: torch.Tensor, option: int, conv3d: Conv3dFunction = F.conv3d) -> torch.Tensor:
+        """The conv restricted to ``option``: frames 0, R, 2R, ... and channels 0..k-1 of the full output.
+
+        ``conv3d`` computes it (an export may pass :func:`~vared_convert.nn.frame_conv.conv3d_over_frames`).
+        """
         factor, k, _, _ = self._plan[option]
         weight, bias, groups = self.weight, self.bias, self.groups
         if k < self.out_channels:
@@ -168,7 +172,7 @@ class DynamicConv3d(nn.Module):
             if self.depthwise:
                 x, groups = x[:, :k], k
         stride = (self.stride[0] * factor, self.stride[1], self.stride[2])
-        return F.conv3d(x, weight, bias, stride, self.padding, self.dilation, groups)
+        return conv3d(x, weight, bias, stride, self.padding, self.dilation, groups)
 
     def rebuild(self, computed: torch.Tensor, option: int, frames: int) -> torch.Tensor:
         """Apply φ_s then φ_t to a computed part, restoring the full output shape."""
@@ -178,9 +182,9 @@ class DynamicConv3d(nn.Module):
         blocks = [computed, self.rebuild_channels[ci].ghosts(computed)] if ci >= 0 else [computed]
         return self.rebuild_frames[ti].expand(blocks, frames)  # φ_s's channels go straight into φ_t's output
 
-    def run_option(self, x: torch.Tensor, option: int) -> torch.Tensor:
+    def run_option(self, x: torch.Tensor, option: int, conv3d: Conv3dFunction = F.conv3d) -> torch.Tensor:
         """Compute only what ``option`` needs, then rebuild: the inference path of one decision."""
-        return self.rebuild(self.computed_part(x, option), option, self.output_frames(x.shape[2]))
+        return self.rebuild(self.computed_part(x, option, conv3d), option, self.output_frames(x.shape[2]))
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
