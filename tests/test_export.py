@@ -81,6 +81,7 @@ def test_dynamic_onnx_has_if_nodes_and_follows_pytorch_on_every_branch(dynamic_e
     assert all(r.policy == "dynamic" and r.max_abs_error <= 1e-4 for r in results)
     graph = onnx.load(folder / "m.onnx").graph
     assert sum(node.op_type == "If" for node in graph.node) >= 2  # the top of each layer's tree of conds
+    assert not any(node.op_type == "AveragePool" for node in graph.node)  # gates pool with ReduceMean
 
     session = ort_session(folder / "m.onnx")
     conv1 = model.get_submodule("conv1")

@@ -66,6 +66,9 @@ def test_gate_statistics_do_not_depend_on_the_memory_layout(shape):
     torch.testing.assert_close(clip_statistics(channels_last), clip_statistics(x))
     expected = F.avg_pool3d(x, motion_cell(*shape[3:]))
     torch.testing.assert_close(grid_cells(channels_last), expected)
+    # exports pool with a reshape and a mean (ONNX AveragePool is slow in ONNX Runtime): the same cells
+    compiled = torch.compile(grid_cells, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), expected)
 
 
 def test_gate_is_cheap_against_its_conv():
