@@ -6,14 +6,22 @@ of the FLOPs saving realised in time, ``(1 - time_ratio) / (1 - flops_ratio)``.
 
 * Eager: the gates run and decide (each gate's last layer is pinned so that it picks the option), so the time
   includes the gates, the decision and the inference path exactly as users run it. CPU runs use channels-last for
-  original and adaptive alike (the faster layout for both).
+  original and adaptive alike (``--layout``; the faster layout for r3d_18, while x3d_m's original runs about 7%
+  faster in NCDHW at one thread).
 * ONNX Runtime, batch 1: the dynamic export (gates + ``If``), exported once; each option's pinned gate weights
-  are written into the graph's initializers. Batch 8: the static-policy export of that option (no gates).
+  are written into the graph's initializers. Batch 8: the static-policy export of that option (no gates). Both
+  with ``--lowering`` (default ``frames``: k_t×k×k convs as 2-D convs over frames, ``vared export
+  --conv-lowering frames``), and the original is exported through the same lowering, so the ratio measures the
+  options, not the lowering.
+* ``--malloc retain`` (default) runs with glibc keeping freed memory for reuse, as production CPU serving does
+  with jemalloc or tcmalloc; ``system`` keeps glibc's defaults, where each large tensor can page-fault its memory
+  back in (costly on VMs), a fixed cost per layer that hits both models and hides savings.
 
 Random weights (speed does not depend on them); timings interleave original and adaptive round by round and
 report medians, so background load hits both alike. ``--quick`` runs small clips for a smoke test.
 
     python benchmarks/bench_speed.py [--quick] [--json] [--models r3d_18,x3d_m] [--backends eager,onnxruntime]
+        [--batches 1,8] [--threads N] [--lowering none,frames] [--malloc retain|system]
 """
 
 from __future__ import annotations

@@ -126,8 +126,7 @@ def conv_function(lowering: str) -> Conv3dFunction:
 
 def _swapped(model: nn.Module, make: Callable[[str, DynamicConv3d], nn.Module], lowering: str) -> nn.Module:
     """An eval-mode copy of ``model`` with every dynamic conv replaced by ``make(name, layer)`` and, with the
-    ``"frames"`` lowering, every static 3-D conv run as 2-D convs over frames."""
-    conv_function(lowering)
+    ``"frames"`` lowering, every static 3-D conv run as 2-D convs over frames where that pays."""
     copied = copy.deepcopy(model).eval()
     layers = dynamic_convs(copied)
     if not layers:
@@ -298,9 +297,9 @@ def export_model(
         verify: compare every written file with PyTorch eager on ``clips``; above ``atol`` raise and write nothing.
         clips: the sample inputs for verification (default: seeded random clips of the export shape).
         force: overwrite existing outputs.
-        lowering: ``"frames"`` writes every 3-D conv as 2-D convs over frames (faster in ONNX Runtime on the CPU,
-            where a 3-D conv's unfolding does not shrink with the channels an option computes); ``"none"`` keeps
-            3-D convs.
+        lowering: ``"frames"`` writes each ungrouped ``k_t×k×k`` conv as 2-D convs over frames (faster in ONNX
+            Runtime on the CPU, where a 3-D conv's unfolding does not shrink with the channels an option
+            computes); ``"none"`` keeps 3-D convs.
     """
     if onnx is None and pt2 is None:
         raise VaredError("nothing to write: give --onnx PATH and/or --pt2 PATH")

@@ -162,7 +162,7 @@ class DynamicConv3d(nn.Module):
     def computed_part(self, x: torch.Tensor, option: int, conv3d: Conv3dFunction = F.conv3d) -> torch.Tensor:
         """The conv restricted to ``option``: frames 0, R, 2R, ... and channels 0..k-1 of the full output.
 
-        ``conv3d`` computes it (an export may pass :func:`~vared_convert.nn.frame_conv.conv3d_over_frames`).
+        ``conv3d`` computes it (an export may pass :func:`~vared_convert.nn.frame_conv.lowered_conv3d`).
         """
         factor, k, _, _ = self._plan[option]
         weight, bias, groups = self.weight, self.bias, self.groups
