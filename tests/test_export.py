@@ -67,6 +67,21 @@ def ort_session(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def assert_onnx_follows_every_branch(model: nn.Module, path, steering: list[int | None]) -> None:
+    """The dynamic ONNX file gives PyTorch's outputs on clips steered to conv1's options 0, 2, 3, 4 and 5."""
+    session = ort_session(path)
+    conv1 = model.get_submodule("conv1")
+    seen = set()
+    for seed, channel in enumerate(steering):
+        clip = steered_clip(channel, seed)
+        with torch.no_grad():
+            expected = model.eval()(clip)
+        seen.add(int(conv1.last_choice))
+        got = session.run(None, {session.get_inputs()[0].name: clip.numpy()})[0]
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
+    assert seen == {0, 2, 3, 4, 5}
+
+
 @pytest.fixture(scope="module")
 def dynamic_export(tmp_path_factory):
     model = adaptive_two_conv()
@@ -83,17 +98,7 @@ def test_dynamic_onnx_has_if_nodes_and_follows_pytorch_on_every_branch(dynamic_e
     assert sum(node.op_type == "If" for node in graph.node) >= 2  # the top of each layer's tree of conds
     assert not any(node.op_type == "AveragePool" for node in graph.node)  # gates pool with ReduceMean
 
-    session = ort_session(folder / "m.onnx")
-    conv1 = model.get_submodule("conv1")
-    seen = set()
-    for seed, channel in enumerate([None, 0, 1, 2, 3, None, 0, 3]):
-        clip = steered_clip(channel, seed)
-        with torch.no_grad():
-            expected = model.eval()(clip)
-        seen.add(int(conv1.last_choice))
-        got = session.run(None, {session.get_inputs()[0].name: clip.numpy()})[0]
-        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
-    assert seen == {0, 2, 3, 4, 5}
+    assert_onnx_follows_every_branch(model, folder / "m.onnx", [None, 0, 1, 2, 3, None, 0, 3])
 
 
 def test_pt2_program_round_trips(dynamic_export):
