@@ -38,21 +38,36 @@ def conv3d_over_frames(
     dilation: Sequence[int] = (1, 1, 1),
     groups: int = 1,
 ) -> torch.Tensor:
-    """``F.conv3d`` (zero padding) computed as one 2-D conv per temporal tap over the frames that tap reads."""
+    """``F.conv3d`` (zero padding) computed as one 2-D conv per temporal tap over the frames that tap reads.
+
+    A tap whose frames run past the clip's ends (temporal padding) is computed for the output frames it reaches
+    only and its output padded with zeros: padding the output, whose channels an option slices, rather than the
+    input, which every option reads whole.
+    """
     n, c, t, h, w = x.shape
     kt, st, pt, dt = weight.shape[2], stride[0], padding[0], dilation[0]
     frames_out = (t + 2 * pt - dt * (kt - 1) - 1) // st + 1
     by_frame = x.transpose(1, 2)  # (N, T, C, H, W): a tap's frames are then a slice of the batch
-    if pt:
-        by_frame = F.pad(by_frame, (0, 0, 0, 0, 0, 0, pt, pt))
-    out = None
+    out, bias_added = None, bias is None
     for tap in range(kt):
-        start = tap * dt
-        frames = by_frame[:, start : start + st * (frames_out - 1) + 1 : st].reshape(n * frames_out, c, h, w)
-        y = F.conv2d(frames, weight[:, :, tap], bias if tap == 0 else None, stride[1:], padding[1:], dilation[1:],
-                     groups)
+        offset = tap * dt - pt  # output frame j of this tap reads input frame j·stride + offset
+        first = max(0, -(offset // st))  # the first output frame whose input frame exists
+        last = min(frames_out - 1, (t - 1 - offset) // st)  # the last one
+        if last < first:
+            continue  # this tap reads padding only
+        count, start = last - first + 1, first * st + offset
+        frames = by_frame[:, start : start + st * (count - 1) + 1 : st].reshape(n * count, c, h, w)
+        whole = count == frames_out
+        y = F.conv2d(frames, weight[:, :, tap], bias if whole and not bias_added else None, stride[1:], padding[1:],
+                     dilation[1:], groups)
+        bias_added |= whole
+        y = y.reshape(n, count, *y.shape[1:])
+        if not whole:
+            y = F.pad(y, (0, 0, 0, 0, 0, 0, first, frames_out - 1 - last))
         out = y if out is None else out + y
-    return out.reshape(n, frames_out, *out.shape[1:]).transpose(1, 2)
+    if not bias_added:
+        out = out + bias.view(1, 1, -1, 1, 1)
+    return out.transpose(1, 2)
 
 
 def lowered_conv3d(
