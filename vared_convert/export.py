@@ -34,7 +34,7 @@ from .errors import VaredError
 from .files import atomic_output, check_output_path
 from .nn import DynamicConv3d, dynamic_convs, option_index
 from .nn.dynamic_conv import Conv3dFunction
-from .nn.frame_conv import FrameConv3d, lowered_conv3d, lowering_pays
+from .nn.frame_conv import FrameConv3d, lowered_conv3d
 from .recipe import model_info, replace_module
 
 __all__ = [
@@ -110,8 +110,7 @@ def lower_conv3d(model: nn.Module, inplace: bool = False) -> nn.Module:
     lowered = model if inplace else copy.deepcopy(model)
     inside_dynamic = {f"{name}.{sub}" for name, m in dynamic_convs(lowered) for sub, _ in m.named_modules() if sub}
     for name, module in list(lowered.named_modules()):
-        if (isinstance(module, nn.Conv3d) and name not in inside_dynamic and module.padding_mode == "zeros"
-                and not isinstance(module.padding, str) and lowering_pays(module.weight, module.groups)):
+        if isinstance(module, nn.Conv3d) and name not in inside_dynamic and FrameConv3d.pays_for(module):
             replace_module(lowered, name, FrameConv3d(module))
     return lowered
 

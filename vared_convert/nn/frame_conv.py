@@ -29,6 +29,11 @@ def lowering_pays(weight: torch.Tensor, groups: int) -> bool:
     return groups == 1 and weight.shape[2] > 1
 
 
+def _zero_padded(conv: nn.Conv3d) -> bool:
+    """Explicit zero padding: what the lowering reproduces (it pads with zeros by frame counts)."""
+    return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
 def conv3d_over_frames(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -90,9 +95,14 @@ class FrameConv3d(nn.Module):
 
     def __init__(self, conv: nn.Conv3d):
         super().__init__()
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        if not _zero_padded(conv):
             raise ValueError("only explicit zero padding lowers to frame convolutions")
         self.conv = conv
+
+    @staticmethod
+    def pays_for(conv: nn.Conv3d) -> bool:
+        """Whether ``conv`` can be lowered and runs faster so (:func:`lowering_pays`)."""
+        return _zero_padded(conv) and lowering_pays(conv.weight, conv.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
