@@ -46,12 +46,13 @@ from vared_convert.arch import build_model
 from vared_convert.convert import convert
 from vared_convert.export import LOWERINGS, export_model, lower_conv3d, static_policy
 from vared_convert.flops import CostModel, option_costs
-from vared_convert.nn import dynamic_convs, option_index
+from vared_convert.nn import DynamicConv3d, adaptive_layers, option_index
 from vared_convert.timing import measure_interleaved, resolve_device
 
 MODELS = {
     "r3d_18": ("torchvision:r3d_18", (3, 16, 112, 112), (3, 8, 56, 56)),
     "x3d_m": ("pytorchvideo:x3d_m", (3, 16, 224, 224), (3, 8, 64, 64)),
+    "i3d_r50": ("pytorchvideo:i3d_r50", (3, 8, 224, 224), (3, 8, 64, 64)),
 }
 OPTIONS = [(1, 1.0), (1, 0.5), (1, 0.25), (2, 1.0), (2, 0.5), (2, 0.25)]
 QUICK_OPTIONS = [(1, 1.0), (2, 0.5)]
@@ -62,6 +63,7 @@ PIN = 10.0  # the pinned gate's logit for its option (every other logit is 0)
 class Row:
     model: str
     clip: str
+    granularity: str
     backend: str
     batch: int
     option: str
@@ -95,7 +97,7 @@ def pinned(model: torch.nn.Module, option: tuple[int, float]) -> torch.nn.Module
     """A copy whose every gate picks ``option`` whatever its input (the gates still run)."""
     copied = copy.deepcopy(model)
     with torch.no_grad():
-        for _, layer in dynamic_convs(copied):
+        for _, layer in adaptive_layers(copied):
             layer.gate.fc2.weight.zero_()
             layer.gate.fc2.bias.zero_()
             layer.gate.fc2.bias[option_index(layer, *option)] = PIN
@@ -111,7 +113,8 @@ def flops_ratios(costs: CostModel, options: list) -> dict[tuple[int, float], tup
     return ratios
 
 
-def bench_eager(name, original, adaptive, costs, options, shape, batch, device, dtype, layout, repeats) -> list[Row]:
+def bench_eager(name, granularity, original, adaptive, costs, options, shape, batch, device, dtype, layout,
+                repeats) -> list[Row]:
     clip = torch.randn(batch, *shape).to(device=device, dtype=dtype).contiguous(memory_format=layout)
 
     def ready(model: torch.nn.Module):
@@ -127,20 +130,22 @@ def bench_eager(name, original, adaptive, costs, options, shape, batch, device, 
     fns = {"original": ready(original)}
     for option in options:
         fns[option] = ready(pinned(adaptive, option))
-    for table in costs.layers:
+    convs = [t for t in costs.layers if isinstance(t.layer, DynamicConv3d)]  # the ideal is a per-conv notion
+    ideal_known = len(convs) == len(costs.layers)
+    for table in convs if ideal_known else []:
         fns[table.name] = full_conv(table.layer, table.input_shape)
     timings = measure_interleaved(fns, device, warmup=2, repeats=repeats)
     base = timings["original"].median_ms
     ratios = flops_ratios(costs, options)
     rows = []
     for option in options:
-        ideal = base
-        for table in costs.layers:  # each conv's time scaled by its own FLOPs under the option
+        ideal = base if ideal_known else None
+        for table in convs if ideal_known else []:  # each conv's time scaled by its own FLOPs under the option
             conv = option_costs(table.layer, table.input_shape)
             scale = conv[option_index(table.layer, *option)].conv / conv[0].conv
             ideal -= timings[table.name].median_ms * (1 - scale)
-        rows.append(Row(name, "×".join(map(str, shape)), f"eager {device.type}", batch, f"{option[0]},{option[1]:g}",
-                        base, timings[option].median_ms, ratios[option][0], ideal))
+        rows.append(Row(name, "×".join(map(str, shape)), granularity, f"eager {device.type}", batch,
+                        f"{option[0]},{option[1]:g}", base, timings[option].median_ms, ratios[option][0], ideal))
     return rows
 
 
@@ -174,7 +179,7 @@ def _pin_initializers(onnx_model, adaptive: torch.nn.Module, option: tuple[int, 
 
     model = copy.deepcopy(onnx_model)
     inits = {init.name: init for init in model.graph.initializer}
-    for name, layer in dynamic_convs(adaptive):
+    for name, layer in adaptive_layers(adaptive):
         prefix = f"{name}.layer.gate.fc2."
         weight, bias = inits[prefix + "weight"], inits[prefix + "bias"]
         pinned_bias = torch.zeros(layer.num_options)
@@ -184,7 +189,7 @@ def _pin_initializers(onnx_model, adaptive: torch.nn.Module, option: tuple[int, 
     return model
 
 
-def bench_onnx(name, original, adaptive, options, shape, batch, ratios, repeats, folder: Path,
+def bench_onnx(name, granularity, original, adaptive, options, shape, batch, ratios, repeats, folder: Path,
                lowering: str) -> list[Row]:
     import onnx
 
@@ -195,11 +200,11 @@ def bench_onnx(name, original, adaptive, options, shape, batch, ratios, repeats,
         export_plain(lower_conv3d(original) if lowering == "frames" else original, shape, original_path)
     sessions = {"original": _session(original_path, threads)}
     if batch == 1:  # the dynamic model: gates and If; one export, gates pinned per option in the initializers
-        dynamic_path = folder / f"{name}_dynamic_{lowering}.onnx"
+        dynamic_path = folder / f"{name}_{granularity}_dynamic_{lowering}.onnx"
         if not dynamic_path.exists():
             distinct = copy.deepcopy(adaptive)
             with torch.no_grad():  # distinct gate weights, so the exporter keeps one initializer per gate
-                for _, layer in dynamic_convs(distinct):
+                for _, layer in adaptive_layers(distinct):
                     layer.gate.fc2.weight.normal_(0, 1e-3)
                     layer.gate.fc2.bias.normal_(0, 1e-3)
             export_model(distinct, onnx=dynamic_path, input_shape=shape, verify=False, lowering=lowering)
@@ -210,7 +215,7 @@ def bench_onnx(name, original, adaptive, options, shape, batch, ratios, repeats,
         kind, flops = f"ort If {lowering}", {o: ratios[o][0] for o in options}
     else:  # the static-policy export of each option: no gates, any batch
         for option in options:
-            path = folder / f"{name}_static_{option[0]}_{option[1]:g}_{lowering}.onnx"
+            path = folder / f"{name}_{granularity}_static_{option[0]}_{option[1]:g}_{lowering}.onnx"
             if not path.exists():
                 export_model(adaptive, onnx=path, policy=static_policy(adaptive, option), input_shape=shape,
                              verify=False, lowering=lowering)
@@ -220,8 +225,8 @@ def bench_onnx(name, original, adaptive, options, shape, batch, ratios, repeats,
     if check is not None and check > 1e-3:
         raise RuntimeError(f"pinned ONNX model differs from PyTorch by {check:.3g}")
     medians = _time_sessions(sessions, clip, repeats)
-    return [Row(name, "×".join(map(str, shape)), kind, batch, f"{o[0]},{o[1]:g}", medians["original"], medians[o],
-                flops[o]) for o in options]
+    return [Row(name, "×".join(map(str, shape)), granularity, kind, batch, f"{o[0]},{o[1]:g}", medians["original"],
+                medians[o], flops[o]) for o in options]
 
 
 def export_plain(original: torch.nn.Module, shape: tuple[int, ...], path: Path) -> None:
@@ -245,14 +250,14 @@ def _share(value: float | None) -> str:
 
 
 def print_table(rows: list[Row]) -> None:
-    header = ["model", "clip", "backend", "batch", "option T,C", "original ms", "adaptive ms", "time ratio",
-              "FLOPs ratio", "realised", "ideal"]
-    cells = [[r.model, r.clip, r.backend, str(r.batch), r.option, f"{r.original_ms:.1f}", f"{r.adaptive_ms:.1f}",
+    header = ["model", "clip", "granularity", "backend", "batch", "option T,C", "original ms", "adaptive ms",
+              "time ratio", "FLOPs ratio", "realised", "ideal"]
+    cells = [[r.model, r.clip, r.granularity, r.backend, str(r.batch), r.option, f"{r.original_ms:.1f}", f"{r.adaptive_ms:.1f}",
               f"{r.time_ratio:.3f}", f"{r.flops_ratio:.3f}", _share(r.realised), _share(r.ideal)] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for c in cells:
-        print("  ".join(v.ljust(w) if i < 5 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths))))
+        print("  ".join(v.ljust(w) if i < 6 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths))))
 
 
 RETAIN = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
@@ -280,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=None, help="comma-separated: " + ", ".join(MODELS) + " (default: all)")
     parser.add_argument("--backends", default="eager,onnxruntime", help="eager and/or onnxruntime")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--granularity", default="block", help="comma-separated: block, conv (vared convert "
+                        "--granularity)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime "
                         "(default: PyTorch's)")
@@ -324,18 +331,20 @@ def main(argv: list[str] | None = None) -> int:
             arch, full_shape, quick_shape = MODELS[name]
             shape = quick_shape if args.quick else full_shape
             original = build_model(arch).eval()
-            adaptive = convert(original, shape, arch=arch, verify=False).model
-            costs = CostModel(adaptive, shape)
-            ratios = flops_ratios(costs, options)
-            for batch in batches:
-                if "eager" in backends:
-                    rows += bench_eager(name, original, adaptive, costs, options, shape, batch, device, dtype, layout,
-                                        repeats)
-                    print(f"# {name} eager batch {batch} done", file=sys.stderr, flush=True)
-                for lowering in lowerings if "onnxruntime" in backends else []:
-                    rows += bench_onnx(name, original, adaptive, options, shape, batch, ratios, repeats, Path(tmp),
-                                       lowering)
-                    print(f"# {name} onnxruntime ({lowering}) batch {batch} done", file=sys.stderr, flush=True)
+            for granularity in args.granularity.split(","):
+                adaptive = convert(original, shape, arch=arch, granularity=granularity).model  # verified exact
+                costs = CostModel(adaptive, shape)
+                ratios = flops_ratios(costs, options)
+                for batch in batches:
+                    if "eager" in backends:
+                        rows += bench_eager(name, granularity, original, adaptive, costs, options, shape, batch,
+                                            device, dtype, layout, repeats)
+                        print(f"# {name} {granularity} eager batch {batch} done", file=sys.stderr, flush=True)
+                    for lowering in lowerings if "onnxruntime" in backends else []:
+                        rows += bench_onnx(name, granularity, original, adaptive, options, shape, batch, ratios,
+                                           repeats, Path(tmp), lowering)
+                        print(f"# {name} {granularity} onnxruntime ({lowering}) batch {batch} done", file=sys.stderr,
+                              flush=True)
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
     else:

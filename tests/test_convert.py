@@ -13,7 +13,7 @@ from vared_convert.arch import ArchSpec, build_model
 from vared_convert.checkpoint import load_model, save_model
 from vared_convert.convert import convert
 from vared_convert.errors import VaredError
-from vared_convert.nn import DynamicConv3d, dynamic_convs, forced_policy
+from vared_convert.nn import AdaptiveBlock, AdaptiveLayer, DynamicConv3d, adaptive_layers, decide, dynamic_convs, forced_policy
 
 ARCHS = {
     "torchvision:r3d_18": (3, 8, 64, 64),
@@ -36,17 +36,20 @@ ARCHS = {
 def _randomise_gates(model: torch.nn.Module) -> None:
     """Give every gate random weights so decisions differ between videos and layers."""
     with torch.no_grad():
-        for _, layer in dynamic_convs(model):
+        for _, layer in adaptive_layers(model):
             layer.gate.fc2.weight.normal_(0, 5.0)
             layer.gate.fc2.bias.normal_(0, 1.0)
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
-def test_architecture_converts_exactly_and_reloads(arch, tmp_path):
+CONV_GRANULARITY = ["torchvision:r3d_18", "pytorchvideo:x3d_s", "pytorchvideo:slowfast_r50"]
+
+
+@pytest.mark.parametrize("arch,granularity", [(a, "block") for a in sorted(ARCHS)] + [(a, "conv") for a in CONV_GRANULARITY])
+def test_architecture_converts_exactly_and_reloads(arch, granularity, tmp_path):
     shape = ARCHS[arch]
     original = build_model(ArchSpec(arch, num_classes=5))
     before = copy.deepcopy(original.state_dict())
-    result = convert(original, shape, arch=ArchSpec(arch, num_classes=5))
+    result = convert(original, shape, arch=ArchSpec(arch, num_classes=5), granularity=granularity)
     report = result.report
 
     # Invariant 1: the full path is the original model.
@@ -59,14 +62,17 @@ def test_architecture_converts_exactly_and_reloads(arch, tmp_path):
         # a fresh gate prefers the full option, so the converted model behaves as the original
         torch.testing.assert_close(result.model(x), expected, rtol=0, atol=1e-5)
 
-    assert len(report.converted) > 0 and 0.5 < report.converted_flops_share <= 1.0
+    assert len(report.converted) + len(report.converted_blocks) > 0 and 0.5 < report.converted_flops_share <= 1.0
     assert all(isinstance(result.model.get_submodule(d.name), DynamicConv3d) for d in report.converted)
+    assert all(isinstance(result.model.get_submodule(d.name), AdaptiveBlock) for d in report.converted_blocks)
+    if granularity == "conv":
+        assert not report.blocks
     # every original key survives, with the same values; the original model is untouched
     converted_sd = result.model.state_dict()
     for key, value in before.items():
         assert torch.equal(converted_sd[key], value), key
         assert torch.equal(original.state_dict()[key], value), key
-    assert not any(isinstance(m, DynamicConv3d) for m in original.modules())
+    assert not any(isinstance(m, AdaptiveLayer) for m in original.modules())
 
     # Saved file: plain data + tensors, loads with weights_only=True, rebuilds the same model.
     _randomise_gates(result.model)
@@ -75,8 +81,9 @@ def test_architecture_converts_exactly_and_reloads(arch, tmp_path):
     assert raw["format"] == "vared" and raw["arch"]["name"] == arch
     reloaded = load_model(path)
     with torch.no_grad():
-        y_a, y_b = result.model(x), reloaded(x)
-        choices = [layer.last_choice.tolist() for _, layer in dynamic_convs(reloaded)]
+        y_a, decided = result.model(x), decide(reloaded, x)
+        y_b = decided.output
+        choices = [c.tolist() for c in decided.decisions.choices([m for _, m in adaptive_layers(reloaded)])]
         torch.testing.assert_close(y_b, y_a, rtol=0, atol=0)
         with forced_policy(result.model, (2, 0.5)), forced_policy(reloaded, (2, 0.5)):
             torch.testing.assert_close(reloaded(x), result.model(x), rtol=0, atol=0)
@@ -103,30 +110,30 @@ def test_untraceable_user_model_names_the_module_and_still_converts():
 
 def test_rules_stem_cheap_skip_only():
     model = tiny()
-    report = convert(model, (3, 8, 32, 32)).report
+    report = convert(model, (3, 8, 32, 32), granularity="conv").report
     reasons = {d.name: d.reason for d in report.static}
     assert reasons["stem.0"].startswith("stem")
     converted = {d.name for d in report.converted}
     assert {"block1.0", "block2.0", "block3.0"} <= converted
 
-    report = convert(model, (3, 8, 32, 32), skip=["block2"]).report
+    report = convert(model, (3, 8, 32, 32), granularity="conv", skip=["block2"]).report
     assert not any(d.name.startswith("block2.") for d in report.converted)
     assert "skipped by --skip block2" in {d.reason for d in report.static}
 
-    report = convert(model, (3, 8, 32, 32), only=["stem.0", "block[23].*"]).report
+    report = convert(model, (3, 8, 32, 32), granularity="conv", only=["stem.0", "block[23].*"]).report
     assert {d.name for d in report.converted} == {"stem.0", "block2.0", "block3.0"}
 
-    report = convert(model, (3, 8, 32, 32), min_flops_share=0.2).report
+    report = convert(model, (3, 8, 32, 32), granularity="conv", min_flops_share=0.2).report
     assert all("too cheap" in d.reason or d.reason.startswith("stem") for d in report.static)
     assert all(d.share >= 0.2 for d in report.converted)
 
     with pytest.raises(VaredError, match="selects no convertible conv"):
-        convert(model, (3, 8, 32, 32), only=["nothing.here"])
+        convert(model, (3, 8, 32, 32), granularity="conv", only=["nothing.here"])
 
 
 def test_search_space_is_configurable_and_options_follow_shapes():
     model = tiny()
-    result = convert(model, (3, 2, 32, 32), temporal=[1, 2, 4], channel=[1, 0.5])
+    result = convert(model, (3, 2, 32, 32), granularity="conv", temporal=[1, 2, 4], channel=[1, 0.5])
     for d in result.report.converted:
         frames = d.output_shape[1]
         factors = {r for r, _ in d.options}
@@ -172,9 +179,9 @@ class _CheapAndDearConvs(nn.Module):
 
 def test_time_aware_rule_keeps_static_what_would_not_save_time():
     model = _CheapAndDearConvs()
-    plain = convert(model, (3, 16, 96, 96), min_flops_share=0, max_gate_overhead=1.0)
+    plain = convert(model, (3, 16, 96, 96), granularity="conv", min_flops_share=0, max_gate_overhead=1.0)
     assert {"pointwise", "dear"} <= {d.name for d in plain.report.converted}
-    timed = convert(model, (3, 16, 96, 96), min_flops_share=0, max_gate_overhead=1.0, time_aware=True)
+    timed = convert(model, (3, 16, 96, 96), granularity="conv", min_flops_share=0, max_gate_overhead=1.0, time_aware=True)
     decisions = {d.name: d for d in timed.report.layers}
     assert decisions["dear"].converted
     assert not decisions["pointwise"].converted and "no time to save" in decisions["pointwise"].reason

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vared_convert.nn import ChannelRebuild, DynamicConv3d, FrameRebuild, channel_count
+from vared_convert.nn import ChannelRebuild, DynamicConv3d, FrameRebuild, channel_count, decide
 
 # kernel, stride, padding, dilation, groups
 CONV_KINDS = {
@@ -135,8 +135,8 @@ def test_mixed_batch_equals_each_video_alone():
     for sample, channel in enumerate([0, 1, 2, 0, 3]):  # channel 3 steers nothing: option 0
         x[sample, channel] += 5.0
     with torch.no_grad():
-        batched = dyn(x)
-        choices = dyn.last_choice.tolist()
+        result = decide(dyn, x)
+        batched, choices = result.output, result.decisions[dyn].choice.tolist()
         alone = torch.cat([dyn(x[i : i + 1]) for i in range(5)])
     assert choices == [5, 3, 1, 5, 0]
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
@@ -149,8 +149,9 @@ def test_fresh_gate_picks_the_full_option_so_a_converted_layer_equals_the_origin
     dyn.eval()
     x = torch.randn(3, 16, 8, 10, 10)
     with torch.no_grad():
-        assert torch.equal(dyn(x), conv(x))
-    assert dyn.last_choice.tolist() == [0, 0, 0]
+        result = decide(dyn, x)
+        assert torch.equal(result.output, conv(x))
+    assert result.decisions[dyn].choice.tolist() == [0, 0, 0]
 
 
 def test_training_forward_is_the_chosen_option_and_trains_the_gate():
@@ -158,8 +159,9 @@ def test_training_forward_is_the_chosen_option_and_trains_the_gate():
     dyn.train()
     dyn.temperature = 5.0
     x = torch.randn(4, 16, 8, 10, 10)
-    out = dyn(x)
-    for i, option in enumerate(dyn.last_choice.tolist()):
+    result = decide(dyn, x)
+    out = result.output
+    for i, option in enumerate(result.decisions[dyn].choice.tolist()):
         torch.testing.assert_close(out[i : i + 1].detach(), dyn.run_option(x[i : i + 1], option).detach(),
                                    rtol=1e-5, atol=1e-5)
     out.square().mean().backward()
@@ -172,8 +174,9 @@ def test_random_policy_trains_the_cheap_ops():
     dyn.train()
     dyn.policy = "random"
     x = torch.randn(16, 16, 8, 10, 10)
-    dyn(x).square().mean().backward()
-    assert len(set(dyn.last_choice.tolist())) > 1
+    result = decide(dyn, x)
+    result.output.square().mean().backward()
+    assert len(set(result.decisions[dyn].choice.tolist())) > 1
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in dyn.rebuild_channels.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in dyn.rebuild_frames.parameters())
 
@@ -199,8 +202,9 @@ def test_training_path_has_the_gradients_of_the_weighted_sum_of_all_options():
     params = [p for p in dyn.parameters() if p.requires_grad]
 
     torch.manual_seed(3)
-    fast = dyn(x)
-    assert len(set(dyn.last_choice.tolist())) > 1
+    result = decide(dyn, x)
+    fast = result.output
+    assert len(set(result.decisions[dyn].choice.tolist())) > 1
     grads_fast = torch.autograd.grad((fast * probe).sum(), params + [x], allow_unused=True)
 
     torch.manual_seed(3)

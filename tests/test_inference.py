@@ -10,7 +10,7 @@ from models_for_tests import tiny
 from test_dynamic_conv import CONV_KINDS, OPTIONS_16, make
 from vared_convert.convert import convert
 from vared_convert.flops import count_macs, option_costs
-from vared_convert.nn import FrameRebuild, dynamic_convs, eager_inference
+from vared_convert.nn import INFER, FrameRebuild, adaptive_layers, decide
 
 CHANNELS_LAST = torch.channels_last_3d
 
@@ -34,8 +34,9 @@ def test_fast_cheap_ops_equal_the_reference_formulation(kind, layout):
         if layout == "channels_last":
             dyn, x = dyn.to(memory_format=CHANNELS_LAST), x.contiguous(memory_format=CHANNELS_LAST)
         for option in range(len(OPTIONS_16)):
+            dyn.eval()
+            assert dyn.execution == INFER
             with torch.no_grad():
-                assert eager_inference()
                 fast = dyn.run_option(x, option)
             reference = _reference(dyn, x, option)
             assert fast.shape == reference.shape
@@ -69,11 +70,12 @@ def test_fvcore_counts_the_reference_formulation_even_without_autograd():
             assert count_macs(dyn, x)[0] == costs[option].total
 
 
-@pytest.fixture(scope="module")
-def tiny_adaptive():
-    result = convert(tiny(), (3, 8, 32, 32))
+@pytest.fixture(scope="module", params=["conv", "block"])
+def tiny_adaptive(request):
+    torch.manual_seed(0)
+    result = convert(tiny(), (3, 8, 32, 32), granularity=request.param)
     with torch.no_grad():
-        for _, layer in dynamic_convs(result.model):
+        for _, layer in adaptive_layers(result.model):
             layer.gate.fc2.weight.normal_(0, 20.0)
             layer.gate.fc2.bias.normal_(0, 1.0)
     return result.model
@@ -87,8 +89,9 @@ def test_mixed_batch_of_a_whole_model_equals_each_video_alone(tiny_adaptive, lay
     clips = torch.randn(8, 3, 8, 32, 32) * torch.linspace(0.2, 4.0, 8).view(8, 1, 1, 1, 1)
     clips = clips.contiguous(memory_format=fmt)
     with torch.no_grad():
-        batched = model(clips)
-        choices = torch.stack([layer.last_choice for _, layer in dynamic_convs(model)])  # (layers, videos)
+        result = decide(model, clips)
+        batched = result.output
+        choices = torch.stack(result.decisions.choices([layer for _, layer in adaptive_layers(model)]))  # (layers, videos)
         alone = torch.cat([model(clips[i : i + 1]) for i in range(len(clips))])
     assert any(len(set(row.tolist())) > 1 for row in choices), "the gates should split the batch somewhere"
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)

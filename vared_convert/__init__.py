@@ -7,11 +7,13 @@ from .checkpoint import load_model, save_model
 from .convert import Conversion, ConversionReport, convert
 from .errors import VaredError
 from .export import export_model
-from .nn import DynamicConv3d, dynamic_convs, forced_policy, set_policy, set_temperature
+from .nn import (AdaptiveBlock, DynamicConv3d, adaptive_layers, decide, dynamic_convs, forced_policy, recording,
+                 set_execution, set_policy, set_temperature)
 from .predict import EvalReport, evaluate
 from .recipe import ModelInfo, Recipe, model_info
 
 __all__ = [
+    "AdaptiveBlock",
     "ArchSpec",
     "Conversion",
     "ConversionReport",
@@ -21,14 +23,18 @@ __all__ = [
     "Recipe",
     "VaredError",
     "build_model",
+    "adaptive_layers",
     "convert",
+    "decide",
     "dynamic_convs",
     "evaluate",
     "export_model",
     "forced_policy",
     "load_model",
     "model_info",
+    "recording",
     "save_model",
+    "set_execution",
     "set_policy",
     "set_temperature",
 ]

@@ -392,11 +392,11 @@ def _policy_summary(model, policy: dict[str, int]) -> str:
     """``2,0.5 ×12 · 1,1 ×4``: how many layers run each option of a static policy."""
     from collections import Counter
 
-    from .nn import dynamic_convs
+    from .nn import adaptive_layers
     from .profile import option_label
 
-    layers = dict(dynamic_convs(model))
-    labels = Counter(option_label(*layers[n].options[o].as_list(), layers[n].out_channels) for n, o in policy.items())
+    layers = dict(adaptive_layers(model))
+    labels = Counter(option_label(*layers[n].options[o].as_list(), layers[n].width) for n, o in policy.items())
     return " · ".join(f"{label} ×{count}" for label, count in labels.most_common())
 
 

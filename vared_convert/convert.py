@@ -7,7 +7,10 @@
 2. **Decide** per conv with explicit, overridable rules (``only``/``skip`` patterns, stem, cost share, gate
    overhead, which options make sense for its shape and grouping).
 3. **Rewrite**: each chosen call site's module is replaced by a :class:`DynamicConv3d` that shares its weight
-   and bias under the same names, so every original state_dict key survives.
+   and bias under the same names, so every original state_dict key survives. At ``granularity="block"`` the
+   blocks (residual branches, conv + per-channel chains: :mod:`vared_convert.blocks`) become one
+   :class:`~vared_convert.nn.AdaptiveBlock` each, the modules holding them rewritten with torch.fx; convs
+   outside any converted block (and those of blocks that cannot shrink, with the reason) get per-conv gates.
 4. **Verify**: with every gate forced to the full option the converted model must reproduce the original.
 """
 
@@ -27,12 +30,16 @@ from torch.fx.passes.shape_prop import ShapeProp
 from .arch import ArchSpec, default_input_shape
 from .errors import VaredError
 from .flops import conv_macs, count_macs, gate_macs, option_costs
-from .nn import ConvOption, DynamicConv3d, channel_count, default_gate_hidden, forced_policy
-from .recipe import LayerRecipe, ModelInfo, Recipe, model_info, replace_module
+from .nn import (AdaptiveBlock, AdaptiveLayer, ConvOption, DynamicConv3d, channel_count, conv_output_frames,
+                 default_gate_hidden, forced_policy)
+from .nn.block import keeps_frames, shrinks_channels
+from .recipe import BlockRecipe, LayerRecipe, ModelInfo, Recipe, model_info, replace_module
 
 __all__ = [
     "ConvSite",
     "LayerDecision",
+    "BlockDecision",
+    "GRANULARITIES",
     "ConversionReport",
     "Conversion",
     "analyse_convs",
@@ -48,6 +55,8 @@ DEFAULT_MIN_SHARE = 0.002  # a conv under 0.2% of the model's FLOPs is not worth
 DEFAULT_MAX_GATE_OVERHEAD = 0.05  # nor one whose gate would cost more than 5% of the conv itself
 DEFAULT_MIN_TIME_SAVING = 0.1  # time-aware rule: the cheapest option, gate included, must save 10% of the conv's time
 VERIFY_ATOL = 1e-5
+GRANULARITIES = ("block", "conv")
+DEFAULT_GRANULARITY = "block"
 
 
 # ---------------------------------------------------------------------------------------------- analysis
@@ -199,6 +208,45 @@ class LayerDecision:
         return data
 
 
+@dataclass
+class BlockDecision:
+    """One block's fate: adaptive (with options), or its convs left to the per-conv rules (with the reason)."""
+
+    name: str  # the adaptive block's qualified name (set when converted)
+    owner: str
+    ops: list[str]
+    kind: str
+    convs: list[str]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    macs: int
+    share: float
+    options: list[list[int]] | None = None
+    reason: str | None = None
+    gate_hidden: int = 0
+    width: int = 0
+
+    @property
+    def converted(self) -> bool:
+        return self.options is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            "name": self.name or self.owner,
+            "owner": self.owner,
+            "kind": self.kind,
+            "ops": list(self.ops),
+            "convs": list(self.convs),
+            "width": self.width,
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
+            "gflops": self.macs / 1e9,
+            "flops_share": self.share,
+        }
+        data.update({"options": self.options} if self.converted else {"reason": self.reason})
+        return data
+
+
 def _matches(name: str, patterns: Iterable[str]) -> str | None:
     for pattern in patterns:
         if fnmatch.fnmatchcase(name, pattern) or name == pattern or name.startswith(pattern + "."):
@@ -278,6 +326,104 @@ def _decide(
     return decision
 
 
+def _block_options(ops: Sequence[nn.Module], kind: str, out_frames: int, temporal: Sequence[int],
+                   channel: Sequence[float]) -> list[ConvOption]:
+    """A block's options: distinct computed frame counts (if its convs after the first keep the frame count) and
+    channel counts of its width (if it can shrink)."""
+    first = next(m for m in ops if isinstance(m, nn.Conv3d))
+    factors, seen = [], set()
+    for factor in sorted(set(temporal)) if keeps_frames(ops) else [1]:
+        frames = math.ceil(out_frames / factor)
+        if frames not in seen:
+            seen.add(frames)
+            factors.append(factor)
+    counts = [first.out_channels]
+    if shrinks_channels(ops, kind):
+        counts = sorted({channel_count(r, first.out_channels) for r in channel}, reverse=True)
+    return [ConvOption(f, k) for f in factors for k in counts]
+
+
+def _decide_block(
+    site: Any,
+    model: nn.Module,
+    total_macs: int,
+    temporal: Sequence[int],
+    channel: Sequence[float],
+    only: Sequence[str],
+    skip: Sequence[str],
+    min_share: float,
+    max_gate_overhead: float,
+) -> BlockDecision:
+    from .flops import block_option_costs
+
+    ops = [model.get_submodule(name) for name in site.ops]
+    decision = BlockDecision("", site.owner, list(site.ops), site.kind, list(site.conv_names), site.input_shape[1:],
+                             site.output_shape[1:], 0, 0.0)
+    chosen = next((p for name in [site.owner, *site.ops] if (p := _matches(name, only))), None) if only else None
+
+    def per_conv(reason: str) -> BlockDecision:
+        decision.reason = reason
+        return decision
+
+    if site.problem is not None:
+        return per_conv(f"per-conv: {site.problem}")
+    first = ops[0]
+    decision.width = first.out_channels
+    out_frames = conv_output_frames(site.input_shape[2], first.kernel_size[0], first.stride[0], first.padding[0],
+                                    first.dilation[0])
+    options = _block_options(ops, site.kind, out_frames, temporal, channel)
+    probe = AdaptiveBlock(ops, site.kind, options, default_gate_hidden(first.in_channels))
+    costs = block_option_costs(probe, site.input_shape)
+    decision.macs = costs[0].total
+    decision.share = decision.macs / total_macs if total_macs else 0.0
+    if only and chosen is None:
+        return per_conv("not selected by --only")
+    for name in [site.owner, *site.ops]:
+        if (pattern := _matches(name, skip)) is not None:
+            return per_conv(f"skipped by --skip {pattern}")
+    if decision.share < min_share and not chosen:
+        return per_conv(f"too cheap (under {100 * min_share:.2g}% of the model's FLOPs)")
+    if len(options) == 1:
+        return per_conv("no cheaper option (one output frame, grouped convs)")
+    overhead = gate_macs(probe, site.input_shape) / max(decision.macs, 1)
+    if overhead > max_gate_overhead and not chosen:
+        return per_conv(f"gate would cost {100 * overhead:.1f}% of the block (> {100 * max_gate_overhead:.2g}%)")
+    decision.options = [o.as_list() for o in options]
+    decision.gate_hidden = probe.gate.hidden
+    return decision
+
+
+def _find_blocks(model: nn.Module, example: torch.Tensor) -> tuple[list[Any], str | None]:
+    from .blocks import find_blocks
+
+    try:
+        return find_blocks(model, example), None
+    except Exception as exc:  # fx fails in many ways; each means "no blocks for this model"
+        return [], f"blocks need torch.fx, which could not trace the model ({type(exc).__name__}: {_one_line(exc)})"
+
+
+def _place_blocks(adaptive: nn.Module, decisions: list[BlockDecision]) -> None:
+    """Rewrite each owner of converted blocks; an owner that cannot be rewritten sends its blocks back to the
+    per-conv rules, with the reason."""
+    from .blocks import place_owner
+
+    by_owner: dict[str, list[BlockDecision]] = {}
+    for d in decisions:
+        if d.converted:
+            by_owner.setdefault(d.owner, []).append(d)
+    for owner, group in by_owner.items():
+        specs = [BlockRecipe("", owner, d.ops, d.kind, d.options, d.gate_hidden) for d in group]
+        try:
+            names = place_owner(adaptive, owner, specs)
+        except Exception as exc:
+            for d in group:
+                d.options, d.gate_hidden = None, 0
+                d.reason = f"per-conv: {owner} could not be rewritten ({type(exc).__name__}: {_one_line(exc)})"
+            continue
+        for d, name in zip(group, names):
+            d.name = name
+
+
 def _time_rule(
     adaptive: nn.Module, original: nn.Module, decisions: list[LayerDecision], min_saving: float,
     device: torch.device, only: Sequence[str],
@@ -323,12 +469,15 @@ def _time_rule(
 class ConversionReport:
     """What :func:`convert` did, for people (the CLI's tables) and scripts (``to_dict``)."""
 
-    layers: list[LayerDecision]
+    layers: list[LayerDecision]  # the convs not inside a converted block
     analysis: str  # "fx" or "hooks"
     trace_failure: str | None
     original_macs: int
     input_shape: tuple[int, ...]
     max_abs_error: float | None = None
+    granularity: str = "conv"
+    blocks: list[BlockDecision] = field(default_factory=list)
+    block_failure: str | None = None  # why no block could be found (the model fell back to per-conv)
 
     @property
     def converted(self) -> list[LayerDecision]:
@@ -339,12 +488,18 @@ class ConversionReport:
         return [d for d in self.layers if not d.converted]
 
     @property
+    def converted_blocks(self) -> list[BlockDecision]:
+        return [d for d in self.blocks if d.converted]
+
+    @property
     def converted_flops_share(self) -> float:
-        return sum(d.share for d in self.converted)
+        return sum(d.share for d in self.converted) + sum(d.share for d in self.converted_blocks)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "granularity": self.granularity,
             "converted": [d.name for d in self.converted],
+            "converted_blocks": [d.name for d in self.converted_blocks],
             "static": [d.name for d in self.static],
             "converted_flops_share": self.converted_flops_share,
             "max_abs_error": self.max_abs_error,
@@ -353,6 +508,8 @@ class ConversionReport:
             "analysis": self.analysis,
             "trace_failure": self.trace_failure,
             "layers": [d.to_dict() for d in self.layers],
+            "blocks": [d.to_dict() for d in self.blocks],
+            "block_failure": self.block_failure,
         }
 
 
@@ -418,6 +575,7 @@ def convert(
     time_aware: bool = False,
     min_time_saving: float = DEFAULT_MIN_TIME_SAVING,
     time_device: str | torch.device = "cpu",
+    granularity: str = DEFAULT_GRANULARITY,
 ) -> Conversion:
     """Make an adaptive copy of ``model`` (the original is left untouched) and verify it.
 
@@ -437,12 +595,17 @@ def convert(
         verify: check that the full path reproduces the original (raises if it does not).
         time_aware: also time each converted conv on ``time_device`` and keep it static where its gate plus its
             cheapest option does not save ``min_time_saving`` of the conv's time (convs named by ``only`` stay).
+        granularity: ``"block"``: one gate per block (residual branch, or conv + per-channel ops), whose option
+            shrinks everything inside it; convs outside converted blocks get their own gates. ``"conv"``: one
+            gate per conv (the paper's form).
     """
     arch_spec = ArchSpec(arch) if isinstance(arch, str) else arch
     if arch_spec is None and (info := model_info(model)) is not None:
         arch_spec = info.arch
-    if any(isinstance(m, DynamicConv3d) for m in model.modules()):
-        raise VaredError("the model is already converted (it holds DynamicConv3d layers)")
+    if any(isinstance(m, AdaptiveLayer) for m in model.modules()):
+        raise VaredError("the model is already converted (it holds adaptive layers)")
+    if granularity not in GRANULARITIES:
+        raise VaredError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     shape = _parse_input_shape(input_shape, arch_spec)
     temporal, channel = _validate_space(temporal, channel)
     was_training = model.training
@@ -453,13 +616,24 @@ def convert(
         if not sites:
             raise VaredError("the model has no Conv3d layer to make adaptive")
         total_macs, _ = count_macs(original, example, vared_handles=False)
+        block_decisions: list[BlockDecision] = []
+        block_failure = None
+        adaptive = copy.deepcopy(original)
+        if granularity == "block":
+            block_sites, block_failure = _find_blocks(original, example)
+            block_decisions = [
+                _decide_block(b, original, total_macs, temporal, channel, only, skip, min_flops_share,
+                              max_gate_overhead)
+                for b in block_sites if not b.is_stem
+            ]
+            _place_blocks(adaptive, block_decisions)
+        in_blocks = {name for d in block_decisions if d.converted for name in d.convs}
         decisions = [
             _decide(site, total_macs, temporal, channel, only, skip, min_flops_share, max_gate_overhead, convert_stem)
-            for site in sites
+            for site in sites if site.name not in in_blocks
         ]
-        if only and not any(d.converted for d in decisions):
+        if only and not any(d.converted for d in decisions) and not in_blocks:
             raise VaredError(f"--only {' '.join(only)} selects no convertible conv")
-        adaptive = copy.deepcopy(original)
         for d in decisions:
             if d.converted:
                 conv = adaptive.get_submodule(d.name)
@@ -468,7 +642,8 @@ def convert(
             from .timing import resolve_device
 
             _time_rule(adaptive, original, decisions, min_time_saving, resolve_device(str(time_device)), only)
-        report = ConversionReport(decisions, analysis, trace_failure, total_macs, shape)
+        report = ConversionReport(decisions, analysis, trace_failure, total_macs, shape, granularity=granularity,
+                                  blocks=block_decisions, block_failure=block_failure)
         if verify:
             report.max_abs_error = verify_full_path(original, adaptive, example)
             if not report.max_abs_error <= VERIFY_ATOL:
@@ -484,6 +659,9 @@ def convert(
         channel=channel,
         layers=[LayerRecipe(d.name, d.options, d.gate_hidden, d.macs) for d in decisions if d.converted],
         original_macs=total_macs,
+        granularity=granularity,
+        blocks=[BlockRecipe(d.name, d.owner, d.ops, d.kind, d.options, d.gate_hidden, d.macs)
+                for d in block_decisions if d.converted],
     )
     adaptive.vared_info = ModelInfo(
         arch_spec or ArchSpec("unknown:model"), recipe, list(class_names) if class_names else None

@@ -1,7 +1,8 @@
 """Exporting an adaptive model so that its savings survive outside PyTorch eager.
 
-* **Dynamic** (the default): every :class:`DynamicConv3d` becomes its gate, an argmax and a balanced tree of
-  ``torch.cond`` whose leaves each run one option's slice and cheap ops (:meth:`DynamicConv3d.run_option`).
+* **Dynamic** (the default): every adaptive layer (a :class:`DynamicConv3d` or an
+  :class:`~vared_convert.nn.AdaptiveBlock`) becomes its gate, an argmax and a balanced tree of ``torch.cond``
+  whose leaves each run one option's slice and cheap ops (``run_option``): one ``If`` per gate.
   In ONNX each ``torch.cond`` is an ``If`` node, so ONNX Runtime runs only the chosen branch. A decision is
   per video, so the program takes one clip (batch 1).
 * **Static policy**: every layer runs one fixed option and no gate: plain sliced/strided convs and cheap ops,
@@ -11,7 +12,7 @@
 Both go through one ``torch.export`` program, written as ONNX and/or ``.pt2``, and every written file is
 verified against PyTorch eager on sample clips: an error above ``atol`` fails the export and writes nothing.
 
-The dynamic convs are swapped for export modules before tracing, rather than rewritten in a traced fx graph:
+The adaptive layers are swapped for export modules (and run in their ``"trace"`` execution) before tracing, rather than rewritten in a traced fx graph:
 ``torch.export`` (strict) traces modules that call ``torch.cond`` directly, and models that torch.fx cannot
 trace (SlowFast) export the same way.
 """
@@ -32,7 +33,7 @@ from torch import nn
 
 from .errors import VaredError
 from .files import atomic_output, check_output_path
-from .nn import DynamicConv3d, dynamic_convs, option_index
+from .nn import TRACE, AdaptiveBlock, AdaptiveLayer, adaptive_layers, option_index, recording, set_execution
 from .nn.dynamic_conv import Conv3dFunction
 from .nn.frame_conv import FrameConv3d, lowered_conv3d
 from .recipe import model_info, replace_module
@@ -56,9 +57,10 @@ LOWERINGS = ("none", "frames")
 
 
 class ConditionalConv3d(nn.Module):
-    """A dynamic conv for export: the gate picks an option, ``torch.cond`` runs only that option's branch."""
+    """An adaptive layer (dynamic conv or block) for export: the gate picks an option, ``torch.cond`` runs only
+    that option's branch."""
 
-    def __init__(self, layer: DynamicConv3d, conv3d: Conv3dFunction = F.conv3d):
+    def __init__(self, layer: AdaptiveLayer, conv3d: Conv3dFunction = F.conv3d):
         super().__init__()
         self.layer, self.conv3d = layer, conv3d
 
@@ -90,9 +92,9 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
 
 
 class FixedOptionConv3d(nn.Module):
-    """A dynamic conv frozen to one option for export: no gate, only that option's slice and cheap ops."""
+    """An adaptive layer frozen to one option for export: no gate, only that option's slice and cheap ops."""
 
-    def __init__(self, layer: DynamicConv3d, option: int, conv3d: Conv3dFunction = F.conv3d):
+    def __init__(self, layer: AdaptiveLayer, option: int, conv3d: Conv3dFunction = F.conv3d):
         super().__init__()
         self.layer, self.option, self.conv3d = layer, option, conv3d
 
@@ -105,10 +107,14 @@ class FixedOptionConv3d(nn.Module):
 
 def lower_conv3d(model: nn.Module, inplace: bool = False) -> nn.Module:
     """``model`` (a copy unless ``inplace``) with each static ``nn.Conv3d`` run as 2-D convs over frames
-    (:class:`~vared_convert.nn.frame_conv.FrameConv3d`) where that pays. Dynamic convs are left to their export
-    modules, which lower their computed part themselves."""
+    (:class:`~vared_convert.nn.frame_conv.FrameConv3d`) where that pays. Adaptive layers (and the modules a block
+    runs) are left to their export modules, which lower their computed part themselves."""
     lowered = model if inplace else copy.deepcopy(model)
-    inside_dynamic = {f"{name}.{sub}" for name, m in dynamic_convs(lowered) for sub, _ in m.named_modules() if sub}
+    inside_dynamic = {f"{name}.{sub}" for name, m in adaptive_layers(lowered) for sub, _ in m.named_modules() if sub}
+    for name, m in adaptive_layers(lowered):
+        if isinstance(m, AdaptiveBlock):
+            owner = name.rpartition(".")[0]
+            inside_dynamic.update(f"{owner}.{member}" if owner else member for member in m.members)
     for name, module in list(lowered.named_modules()):
         if isinstance(module, nn.Conv3d) and name not in inside_dynamic and FrameConv3d.pays_for(module):
             replace_module(lowered, name, FrameConv3d(module))
@@ -123,13 +129,15 @@ def conv_function(lowering: str) -> Conv3dFunction:
     return lowered_conv3d if lowering == "frames" else F.conv3d
 
 
-def _swapped(model: nn.Module, make: Callable[[str, DynamicConv3d], nn.Module], lowering: str) -> nn.Module:
-    """An eval-mode copy of ``model`` with every dynamic conv replaced by ``make(name, layer)`` and, with the
-    ``"frames"`` lowering, every static 3-D conv run as 2-D convs over frames where that pays."""
+def _swapped(model: nn.Module, make: Callable[[str, AdaptiveLayer], nn.Module], lowering: str) -> nn.Module:
+    """An eval-mode copy of ``model``, its adaptive layers in their ``"trace"`` execution, each replaced by
+    ``make(name, layer)`` and, with the ``"frames"`` lowering, every static 3-D conv run as 2-D convs over frames
+    where that pays."""
     copied = copy.deepcopy(model).eval()
-    layers = dynamic_convs(copied)
+    set_execution(copied, TRACE)
+    layers = adaptive_layers(copied)
     if not layers:
-        raise VaredError("the model has no adaptive convolution; convert it first (vared convert)")
+        raise VaredError("the model has no adaptive layer; convert it first (vared convert)")
     for name, layer in layers:
         replace_module(copied, name, make(name, layer))
     return lower_conv3d(copied, inplace=True) if lowering == "frames" else copied
@@ -143,7 +151,7 @@ def conditional_model(model: nn.Module, lowering: str = "none") -> nn.Module:
 
 def static_model(model: nn.Module, policy: Mapping[str, int], lowering: str = "none") -> nn.Module:
     """A copy of ``model`` whose dynamic convs run the option ``policy[name]`` each, with no gate."""
-    missing = [name for name, _ in dynamic_convs(model) if name not in policy]
+    missing = [name for name, _ in adaptive_layers(model) if name not in policy]
     if missing:
         raise VaredError(f"the static policy names no option for {len(missing)} layers (first: {missing[0]})")
     conv3d = conv_function(lowering)
@@ -155,19 +163,20 @@ def static_policy(model: nn.Module, option: tuple[int, float]) -> dict[str, int]
     temporal, ratio = option
     if temporal < 1 or not 0 < ratio <= 1:
         raise VaredError(f"--option T,C needs T >= 1 and 0 < C <= 1, got {temporal},{ratio}")
-    return {name: option_index(layer, temporal, ratio) for name, layer in dynamic_convs(model)}
+    return {name: option_index(layer, temporal, ratio) for name, layer in adaptive_layers(model)}
 
 
 @torch.no_grad()
 def most_frequent_policy(model: nn.Module, clips: Iterable[torch.Tensor]) -> dict[str, int]:
     """Every layer's most frequent gate decision over ``clips`` (batches of shape (N, C, T, H, W))."""
-    layers = dynamic_convs(model)
+    layers = adaptive_layers(model)
     counts = {name: torch.zeros(layer.num_options, dtype=torch.long) for name, layer in layers}
     with _decisions(model, None):
         for batch in clips:
-            model(batch)
+            with recording(model) as log:
+                model(batch)
             for name, layer in layers:
-                counts[name] += torch.bincount(layer.last_choice.cpu(), minlength=layer.num_options)
+                counts[name] += torch.bincount(log[layer].choice.cpu(), minlength=layer.num_options)
     if not any(int(c.sum()) for c in counts.values()):
         raise VaredError("no clips to choose a static policy from")
     return {name: int(c.argmax()) for name, c in counts.items()}
@@ -201,11 +210,11 @@ class ExportResult:
 @contextlib.contextmanager
 def _decisions(model: nn.Module, policy: Mapping[str, int] | None) -> Iterator[None]:
     """Eager ``model`` in eval mode deciding as the export does: by its gates, or by ``policy``."""
-    saved = [(layer, layer.policy) for _, layer in dynamic_convs(model)]
+    saved = [(layer, layer.policy) for _, layer in adaptive_layers(model)]
     was_training = model.training
     model.eval()
     try:
-        for name, layer in dynamic_convs(model):
+        for name, layer in adaptive_layers(model):
             layer.policy = None if policy is None else int(policy[name])
         yield
     finally:

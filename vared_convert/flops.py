@@ -2,8 +2,10 @@
 
 * :func:`count_macs` runs fvcore's ``FlopCountAnalysis`` (with handles for the ops vared's layers add, so
   nothing of ours counts as zero) and returns the total and the per-module counts.
-* :func:`option_costs` and :func:`gate_macs` give a dynamic conv's cost in each option analytically, from the
-  input shape alone; tests check every formula against fvcore on the module forced to that option.
+* :func:`option_costs` and :func:`gate_macs` give an adaptive layer's cost in each option analytically, from the
+  input shape alone (a dynamic conv: main conv × r/R plus φ_s and φ_t; an adaptive block: every conv,
+  BatchNorm and squeeze-excitation inside it at the option's widths and frames, plus its rebuild); tests check
+  every formula against fvcore on the module forced to that option.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .nn import DynamicConv3d, conv_output_frames
+from .nn import AdaptiveBlock, AdaptiveLayer, DynamicConv3d, conv_output_frames
 
 __all__ = ["OptionCost", "CostModel", "LayerCostTable", "count_macs", "conv_macs", "option_costs", "gate_macs", "VARED_HANDLES"]
 
@@ -53,8 +55,10 @@ def count_macs(model: nn.Module, inputs: torch.Tensor | tuple, vared_handles: bo
 
     With ``vared_handles=False`` this is exactly fvcore's default count (what the original model reports).
     """
+    from .nn import TRACE, execution
+
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), execution(model, TRACE):
         warnings.simplefilter("ignore")  # fvcore's jit tracing warns about deprecations and tracer details
         from fvcore.nn import FlopCountAnalysis
 
@@ -81,17 +85,20 @@ def conv_macs(conv: nn.Conv3d | DynamicConv3d, input_shape: Sequence[int]) -> in
 class OptionCost:
     """The MACs of one option of a dynamic conv, by part."""
 
-    conv: int  # the sliced, strided main conv
+    conv: int  # the sliced, strided main conv (a block: every conv inside it, squeeze-excitation's included)
     channel_rebuild: int  # φ_s
     frame_rebuild: int  # φ_t
+    other: int = 0  # a block's BatchNorms (fvcore: one op per element, two with affine parameters)
 
     @property
     def total(self) -> int:
-        return self.conv + self.channel_rebuild + self.frame_rebuild
+        return self.conv + self.channel_rebuild + self.frame_rebuild + self.other
 
 
-def option_costs(layer: DynamicConv3d, input_shape: Sequence[int]) -> list[OptionCost]:
+def option_costs(layer: AdaptiveLayer, input_shape: Sequence[int]) -> list[OptionCost]:
     """Analytic cost of every option of ``layer`` (gate excluded) for an input (N, C, T, H, W)."""
+    if isinstance(layer, AdaptiveBlock):
+        return block_option_costs(layer, input_shape)
     n = input_shape[0]
     _, h_out, w_out = _spatial_out(input_shape[2:], layer.kernel_size, layer.stride, layer.padding, layer.dilation)
     plane = h_out * w_out
@@ -118,7 +125,37 @@ def option_costs(layer: DynamicConv3d, input_shape: Sequence[int]) -> list[Optio
     return costs
 
 
-def gate_macs(layer: DynamicConv3d, input_shape: Sequence[int]) -> int:
+def block_option_costs(block: AdaptiveBlock, input_shape: Sequence[int]) -> list[OptionCost]:
+    """Analytic cost of every option of an adaptive block for an input (N, C, T, H, W): its ops at the option's
+    widths and frames (what fvcore counts of them: convs, squeeze-excitation's convs and BatchNorms; its means
+    and element-wise ops count nothing, as in fvcore's default), then φ_s (chain blocks) and φ_t at its exit."""
+    n = int(input_shape[0])
+    costs = []
+    for index, option in enumerate(block.options):
+        conv = other = 0
+        size = [int(s) for s in input_shape[2:]]
+        for step in block._plans[index]:
+            kind, module = step[0], block._ops[step[1]]
+            if kind == "conv":
+                _, _, out, width, stride, groups = step
+                size = _spatial_out(size, module.kernel_size, stride, module.padding, module.dilation)
+                conv += n * out * (width // groups) * math.prod(module.kernel_size) * math.prod(size)
+            elif kind == "norm":
+                other += n * step[2] * math.prod(size) * (2 if module.weight is not None else 1)
+            elif kind == "se":
+                conv += 2 * n * step[2] * module.block[0].out_channels
+        voxels = n * math.prod(size)  # the computed frames at the exit
+        missing = block.width - option.channels
+        channel_rebuild = 0
+        if block.kind == "chain" and missing:
+            rebuild = block.rebuild_channels[block.channel_counts.index(option.channels)]
+            channel_rebuild = missing * math.prod(rebuild.conv.kernel_size) * voxels
+        frame_rebuild = block.out_channels * (option.temporal - 1) * 2 * voxels
+        costs.append(OptionCost(conv, channel_rebuild, frame_rebuild, other))
+    return costs
+
+
+def gate_macs(layer: AdaptiveLayer, input_shape: Sequence[int]) -> int:
     """Analytic cost of a layer's gate: its clip statistics (the grid pooling: one add per pooled input element;
     on the grid, the mean: one per cell, and frame differences with their mean: two per difference), the
     normalisation (one per statistic, as fvcore counts an inference BatchNorm) and its two linears."""
@@ -135,21 +172,21 @@ def gate_macs(layer: DynamicConv3d, input_shape: Sequence[int]) -> int:
     return statistics + norm + n * (2 * gate.in_channels * gate.hidden + gate.hidden * gate.num_options)
 
 
-def _dynamic_layer_shapes(model: nn.Module, clip: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """Run ``model`` once on ``clip`` (batch 1) with every gate forced to full; each dynamic conv's input shape."""
-    from .nn import dynamic_convs, forced_policy
+def _adaptive_layer_shapes(model: nn.Module, clip: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Run ``model`` once on ``clip`` (batch 1) with every gate forced to full; each adaptive layer's input shape."""
+    from .nn import adaptive_layers, forced_policy, recording
 
-    with torch.no_grad(), forced_policy(model, (1, 1.0)):
+    with torch.no_grad(), forced_policy(model, (1, 1.0)), recording(model) as log:
         model(clip)
-    return {name: layer.last_input_shape for name, layer in dynamic_convs(model)}
+    return {name: log[layer].input_shape for name, layer in adaptive_layers(model)}
 
 
 @dataclass
 class LayerCostTable:
-    """A dynamic conv's costs at one clip shape (batch 1): every option's MACs and its gate's."""
+    """An adaptive layer's costs at one clip shape (batch 1): every option's MACs and its gate's."""
 
     name: str
-    layer: DynamicConv3d
+    layer: AdaptiveLayer
     input_shape: tuple[int, ...]
     option_macs: list[int]
     gate_macs: int
@@ -163,12 +200,12 @@ class CostModel:
     """Costs of a (converted or plain) model at one clip shape, from one fvcore count and the analytic formulas.
 
     ``original_macs`` is fvcore's count of the original network (every gate forced to full; fvcore's default
-    handles only). A clip's adaptive cost is the static part plus, for each dynamic conv, the chosen option's
+    handles only). A clip's adaptive cost is the static part plus, for each adaptive layer, the chosen option's
     MACs and its gate's.
     """
 
     def __init__(self, model: nn.Module, clip_shape: Sequence[int]):
-        from .nn import dynamic_convs, forced_policy
+        from .nn import adaptive_layers, forced_policy
 
         self.clip_shape = tuple(int(s) for s in clip_shape)
         param = next(model.parameters(), None)
@@ -176,7 +213,7 @@ class CostModel:
         was_training = model.training
         model.eval()
         try:
-            shapes = _dynamic_layer_shapes(model, clip)
+            shapes = _adaptive_layer_shapes(model, clip)
             with forced_policy(model, (1, 1.0)):
                 self.original_macs, self.by_module = count_macs(model, clip, vared_handles=False)
         finally:
@@ -184,7 +221,7 @@ class CostModel:
         self.layers = [
             LayerCostTable(name, layer, shapes[name], [c.total for c in option_costs(layer, shapes[name])],
                            gate_macs(layer, shapes[name]))
-            for name, layer in dynamic_convs(model)
+            for name, layer in adaptive_layers(model)
         ]
         self.static_macs = self.original_macs - sum(t.full_macs for t in self.layers)
 
@@ -201,7 +238,7 @@ class CostModel:
         return self.static_macs + sum(t.option_macs[o] for t, o in zip(self.layers, options))
 
     def per_sample_macs(self, choices: Sequence[torch.Tensor], with_gates: bool = True) -> torch.Tensor:
-        """Per-video cost of a forward in gate mode, from each layer's ``last_choice`` (same order as ``layers``)."""
+        """Per-video cost of a forward in gate mode, from each layer's decisions (same order as ``layers``)."""
         total = torch.full((len(choices[0]),), float(self.static_macs), dtype=torch.float64)
         for table, choice in zip(self.layers, choices):
             costs = torch.tensor(table.option_macs, dtype=torch.float64)

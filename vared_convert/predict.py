@@ -1,7 +1,7 @@
 """Running an adaptive model on clips: predictions with each clip's FLOPs ratio, and evaluation on a dataset.
 
-A clip's FLOPs ratio is what its own decisions cost: each dynamic conv's chosen option (``last_choice``) and its
-gate, plus the static layers, over the original model at the same clip shape (:class:`~vared_convert.flops.CostModel`).
+A clip's FLOPs ratio is what its own decisions cost: each adaptive layer's chosen option (returned by the
+forward's :class:`~vared_convert.nn.DecisionLog`) and its gate, plus the static layers, over the original model at the same clip shape (:class:`~vared_convert.flops.CostModel`).
 Video-level accuracy averages the logits of a video's clips.
 """
 
@@ -16,7 +16,7 @@ from torch import nn
 
 from .errors import VaredError
 from .flops import CostModel
-from .nn import dynamic_convs
+from .nn import adaptive_layers, recording
 from .recipe import model_info
 
 __all__ = [
@@ -49,7 +49,7 @@ def predict(model: nn.Module, clips: torch.Tensor, costs: CostModel | None = Non
 
     ``costs`` (for the clips' shape) is built when not given; pass one to reuse it across batches.
     """
-    layers = [layer for _, layer in dynamic_convs(model)]
+    layers = [layer for _, layer in adaptive_layers(model)]
     if not layers:
         raise VaredError("the model has no adaptive convolution; convert it first (vared convert)")
     saved = [(layer, layer.policy) for layer in layers]
@@ -59,8 +59,9 @@ def predict(model: nn.Module, clips: torch.Tensor, costs: CostModel | None = Non
         for layer in layers:
             layer.policy = None
         costs = costs or CostModel(model, clips.shape[1:])
-        logits = model(clips)
-        choices = [layer.last_choice for layer in layers]
+        with recording(model) as log:
+            logits = model(clips)
+        choices = log.choices(layers)
     finally:
         for layer, policy in saved:
             layer.policy = policy

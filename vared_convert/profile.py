@@ -24,7 +24,7 @@ from torch import nn
 from .arch import build_model
 from .errors import VaredError
 from .flops import CostModel
-from .nn import dynamic_convs, forced_policy, option_index
+from .nn import AdaptiveBlock, adaptive_layers, forced_policy, option_index, recording
 from .recipe import model_info
 from .timing import Timing, measure_interleaved
 
@@ -160,11 +160,25 @@ def original_network(model: nn.Module) -> nn.Module:
     return original.to(param.device if param is not None else "cpu").eval()
 
 
+def block_members(model: nn.Module) -> set[str]:
+    """The qualified names of the modules that adaptive blocks run (they are counted in the block's row)."""
+    members = set()
+    for name, layer in adaptive_layers(model):
+        if isinstance(layer, AdaptiveBlock):
+            owner = name.rpartition(".")[0]
+            members.update(f"{owner}.{m}" if owner else m for m in layer.members)
+    return members
+
+
 def _conv_rows(model: nn.Module, costs: CostModel) -> tuple[list[LayerProfile], int]:
-    """One row per conv (dynamic or static) with its original cost; the rest of the model's cost."""
+    """One row per adaptive layer (dynamic conv or block) and per static conv with its original cost; the rest of
+    the model's cost."""
     dynamic = {t.name: t for t in costs.layers}
+    inside = block_members(model)
     rows = []
     for name, module in model.named_modules():
+        if name in inside:
+            continue
         if name in dynamic:
             table = dynamic[name]
             layer = table.layer
@@ -213,7 +227,7 @@ def profile_model(
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     model.eval()
-    layers = dynamic_convs(model)
+    layers = adaptive_layers(model)
     if option is not None:
         _check_option(model, option)
     iterator = iter(clips) if clips is not None else None
@@ -233,7 +247,7 @@ def profile_model(
         raise VaredError(f"the model rejects clips of shape {input_shape}: {str(exc).splitlines()[0][:200]}") from exc
     rows, other = _conv_rows(model, costs)
     by_name = {r.name: r for r in rows}
-    labels = {name: [option_label(o.temporal, o.channels, layer.out_channels) for o in layer.options]
+    labels = {name: [option_label(o.temporal, o.channels, layer.width) for o in layer.options]
               for name, layer in layers}
 
     mode, n_clips, adaptive, gates = "static", 0, float(costs.original_macs), float(costs.gate_macs)
@@ -256,8 +270,9 @@ def profile_model(
         while batch is not None:
             x, y = batch
             x = x.to(device)
-            _run(model, x)
-            choices = [layer.last_choice for _, layer in layers]
+            with recording(model) as log:
+                _run(model, x)
+            choices = log.choices([layer for _, layer in layers])
             total += float(costs.per_sample_macs(choices).sum())
             for table, choice in zip(costs.layers, choices):
                 picked = choice.cpu().tolist()
@@ -291,9 +306,9 @@ def profile_model(
 
 def _check_option(model: nn.Module, option: tuple[int, float]) -> None:
     info = model_info(model)
-    layers = dynamic_convs(model)
+    layers = adaptive_layers(model)
     if not layers:
-        raise VaredError("--option needs a converted model (this one has no dynamic conv); run vared convert first")
+        raise VaredError("--option needs a converted model (this one has no adaptive layer); run vared convert first")
     temporal, ratio = option
     if info is not None and info.recipe is not None:
         if temporal not in info.recipe.temporal or not any(abs(ratio - c) < 1e-9 for c in info.recipe.channel):

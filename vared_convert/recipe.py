@@ -1,7 +1,7 @@
 """The recipe a conversion records, and applying it to a freshly built network.
 
-A recipe lists the convolutions that became dynamic, with their options, plus the search space and the clip
-shape used for analysis. Applying it to the original architecture rebuilds the adaptive model's structure
+A recipe lists the convolutions that became dynamic and the blocks that became adaptive, with their options,
+plus the search space and the clip shape used for analysis. Applying it to the original architecture rebuilds the adaptive model's structure
 exactly, so a saved state_dict loads into it: a checkpoint needs no pickled code.
 """
 
@@ -16,7 +16,7 @@ from .arch import ArchSpec
 from .errors import VaredError
 from .nn import DynamicConv3d
 
-__all__ = ["LayerRecipe", "Recipe", "ModelInfo", "apply_recipe", "replace_module", "model_info"]
+__all__ = ["LayerRecipe", "BlockRecipe", "Recipe", "ModelInfo", "apply_recipe", "replace_module", "model_info"]
 
 
 @dataclass
@@ -30,6 +30,20 @@ class LayerRecipe:
 
 
 @dataclass
+class BlockRecipe:
+    """One adaptive block: its qualified name, the module holding it, its ops (qualified names), kind, options
+    ``[[R, k], ...]`` (``k`` channels of its width) and gate width."""
+
+    name: str
+    owner: str
+    ops: list[str]
+    kind: str
+    options: list[list[int]]
+    gate_hidden: int
+    macs: int = 0  # the original ops' MACs at the recipe's input shape, batch 1
+
+
+@dataclass
 class Recipe:
     """How a model was converted (stored in every vared checkpoint)."""
 
@@ -39,6 +53,8 @@ class Recipe:
     layers: list[LayerRecipe]
     original_macs: int  # the whole original model at input_shape, batch 1 (fvcore)
     extra: dict[str, Any] = field(default_factory=dict)
+    granularity: str = "conv"  # "conv" (one gate per conv) or "block" (one gate per block, per-conv elsewhere)
+    blocks: list[BlockRecipe] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,12 +62,13 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Recipe":
         layers = [LayerRecipe(**layer) for layer in data["layers"]]
-        fields = {k: v for k, v in data.items() if k != "layers"}
-        return cls(layers=layers, **fields)
+        blocks = [BlockRecipe(**block) for block in data.get("blocks") or []]
+        fields = {k: v for k, v in data.items() if k not in ("layers", "blocks")}
+        return cls(layers=layers, blocks=blocks, **fields)
 
     @property
     def converted_macs(self) -> int:
-        return sum(layer.macs for layer in self.layers)
+        return sum(layer.macs for layer in self.layers) + sum(block.macs for block in self.blocks)
 
     @property
     def converted_share(self) -> float:
@@ -85,7 +102,15 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def apply_recipe(model: nn.Module, recipe: Recipe) -> nn.Module:
-    """Swap each conv named in ``recipe`` for a :class:`DynamicConv3d` with the recorded options, in place."""
+    """Rebuild ``recipe``'s adaptive blocks (rewriting the modules that hold them) and swap each conv it names
+    for a :class:`DynamicConv3d` with the recorded options, in place."""
+    if recipe.blocks:
+        from .blocks import place_blocks
+
+        try:
+            place_blocks(model, recipe.blocks)
+        except (AttributeError, ValueError) as exc:
+            raise VaredError(f"the recipe's blocks do not fit this architecture: {exc}") from exc
     for layer in recipe.layers:
         try:
             conv = model.get_submodule(layer.name)

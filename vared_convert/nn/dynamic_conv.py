@@ -4,17 +4,16 @@ An *option* ``(R, k)`` runs the original conv with its temporal stride multiplie
 ``k`` filters (the same weights, sliced), then rebuilds the missing channels (φ_s) and frames (φ_t) with cheap
 ops, so the output has exactly the original shape. Option 0 is always ``(1, C_out)``: the original conv.
 
-Three ways to run, chosen by :attr:`DynamicConv3d.policy`:
-
-* ``None`` (default): the gate decides. In training, a Gumbel straight-through sample per video, with the
-  full conv computed once and every option derived from it; in eval, the argmax per video, computing only the
-  chosen slice, a mixed batch being grouped by decision.
-* an ``int``: every video takes that option (verification, what-if profiling, static export).
-* ``"random"``: a uniformly random option per video (warm-up of the cheap ops).
+How it decides is its :attr:`~vared_convert.nn.layer.AdaptiveLayer.policy` (``None``: the gate; an ``int``: that
+option for every video; ``"random"``: warm-up of the cheap ops); how it runs is its explicit ``execution``
+(:mod:`vared_convert.nn.layer`): in training a Gumbel straight-through sample per video, with the full conv computed
+once and every option derived from it; in inference the argmax per video, computing only the chosen slice, a
+mixed batch being grouped by decision.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -24,11 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gate import SoftModulationGate, default_gate_hidden
-from .rebuild import ChannelRebuild, FrameRebuild, memory_format_of
+from .layer import AdaptiveLayer
+from .rebuild import ChannelRebuild, FrameRebuild
 
 __all__ = ["ConvOption", "DynamicConv3d", "conv_output_frames"]
 
-Policy = int | str | None
 Conv3dFunction = Callable[..., torch.Tensor]  # F.conv3d's signature
 
 
@@ -53,7 +52,7 @@ def channel_count(ratio: float, total: int) -> int:
     return max(1, min(total, math.ceil(ratio * total - 1e-9)))
 
 
-class DynamicConv3d(nn.Module):
+class DynamicConv3d(AdaptiveLayer):
     """An input-dependent drop-in for :class:`torch.nn.Conv3d` (same ``weight`` and ``bias`` names)."""
 
     def __init__(
@@ -109,12 +108,6 @@ class DynamicConv3d(nn.Module):
             )
             for o in opts
         ]
-        self.policy: Policy = None
-        self.temperature: float = 1.0
-        self.relaxation: str = "hard"  # training: "hard" (straight-through one-hot) or "soft" (Gumbel mixture)
-        self.last_choice: torch.Tensor | None = None  # (N,) option index per video, last forward
-        self.last_weights: torch.Tensor | None = None  # (N, n_options) straight-through weights, training only
-        self.last_input_shape: tuple[int, ...] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -152,8 +145,9 @@ class DynamicConv3d(nn.Module):
         return self.groups > 1 and self.groups == self.in_channels == self.out_channels
 
     @property
-    def num_options(self) -> int:
-        return len(self.options)
+    def width(self) -> int:
+        """The channel count a channel ratio applies to: the conv's output channels."""
+        return self.out_channels
 
     def output_frames(self, frames: int) -> int:
         return conv_output_frames(frames, self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0])
@@ -174,112 +168,33 @@ class DynamicConv3d(nn.Module):
         stride = (self.stride[0] * factor, self.stride[1], self.stride[2])
         return conv3d(x, weight, bias, stride, self.padding, self.dilation, groups)
 
-    def rebuild(self, computed: torch.Tensor, option: int, frames: int) -> torch.Tensor:
-        """Apply φ_s then φ_t to a computed part, restoring the full output shape."""
+    def rebuild(self, computed: torch.Tensor, option: int, frames: int, fast: bool = False) -> torch.Tensor:
+        """Apply φ_s then φ_t to a computed part, restoring the full output shape (``fast``: eager inference)."""
         _, _, ci, ti = self._plan[option]
         if ti < 0:
-            return self.rebuild_channels[ci](computed) if ci >= 0 else computed
-        blocks = [computed, self.rebuild_channels[ci].ghosts(computed)] if ci >= 0 else [computed]
-        return self.rebuild_frames[ti].expand(blocks, frames)  # φ_s's channels go straight into φ_t's output
+            return self.rebuild_channels[ci](computed, fast) if ci >= 0 else computed
+        blocks = [computed, self.rebuild_channels[ci].ghosts(computed, fast)] if ci >= 0 else [computed]
+        return self.rebuild_frames[ti].expand(blocks, frames, fast)  # φ_s's channels go straight into φ_t's output
 
-    def run_option(self, x: torch.Tensor, option: int, conv3d: Conv3dFunction = F.conv3d) -> torch.Tensor:
+    def run_option(self, x: torch.Tensor, option: int, conv3d: Conv3dFunction = F.conv3d,
+                   fast: bool | None = None) -> torch.Tensor:
         """Compute only what ``option`` needs, then rebuild: the inference path of one decision."""
-        return self.rebuild(self.computed_part(x, option, conv3d), option, self.output_frames(x.shape[2]))
+        fast = self.fast if fast is None else fast
+        with torch.no_grad() if fast else contextlib.nullcontext():  # the fast routes are for inference only
+            return self.rebuild(self.computed_part(x, option, conv3d), option, self.output_frames(x.shape[2]), fast)
 
-    # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.last_input_shape = tuple(x.shape)
-        policy = self.policy
-        if isinstance(policy, int):
-            self.last_choice = None
-            self.last_weights = None
-            return self.run_option(x, policy)
-        if policy == "random":
-            choice = torch.randint(self.num_options, (x.shape[0],), device=x.device)
-            weights = F.one_hot(choice, self.num_options).to(x.dtype)
-        elif policy is None:
-            logits = self.gate(x)
-            if not self.training:
-                return self._forward_decided(x, logits.argmax(dim=1))
-            if self.relaxation == "soft":
-                weights = F.gumbel_softmax(logits, tau=self.temperature, hard=False, dim=-1)
-                return self._forward_mixture(x, weights)
-            weights = SoftModulationGate.straight_through(logits, self.temperature)
-            choice = weights.detach().argmax(dim=1)
-        else:
-            raise ValueError(f"unknown policy {policy!r}")
-        if not self.training:
-            return self._forward_decided(x, choice)
-        return self._forward_all_options(x, weights, choice)
-
-    def _forward_all_options(self, x: torch.Tensor, weights: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
-        """Training: the full conv once; every option derived from it; the gate's weights select.
-
-        The straight-through weights are one-hot in value, so the output is each video's chosen option, and the
-        only gradient a non-chosen option needs is the gate's: ``dL/dw_o = <dL/dout, y_o>``. So the chosen
-        branch runs with autograd, the others only as values: the same gradients as ``sum_o w_o * y_o`` at a
-        fraction of the backward cost.
-        """
-        self.last_choice, self.last_weights = choice, weights
-        full = F.conv3d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        frames = full.shape[2]
-        options = range(self.num_options)
-        values = [full.detach()]
-        with torch.no_grad():
-            values += [self.rebuild(self._slice(full.detach(), o), o, frames) for o in options[1:]]
-        counts = torch.bincount(choice, minlength=self.num_options).tolist()
-        present = [o for o, c in enumerate(counts) if c]
-        if len(present) == 1:
-            out = self._derive(full, present[0], frames)
-        else:
-            out = torch.empty_like(full)
-            for o in present:
-                index = (choice == o).nonzero().squeeze(1)
-                out = out.index_copy(0, index, self._derive(full.index_select(0, index), o, frames))
-        gate_term = sum((weights[:, o] - weights[:, o].detach()).view(-1, 1, 1, 1, 1) * values[o] for o in options)
-        return out + gate_term
-
-    def _forward_mixture(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Training with the soft relaxation: the Gumbel-softmax mixture of every option's output.
-
-        Unlike the straight-through estimator, the mixture differs from the full path whenever a cheaper option
-        has weight, so the task and distillation losses always tell the gate what each option costs in accuracy.
-        """
-        self.last_choice, self.last_weights = weights.detach().argmax(dim=1), weights
-        full = F.conv3d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        frames = full.shape[2]
-        out = full * weights[:, 0].view(-1, 1, 1, 1, 1)
-        for o in range(1, self.num_options):
-            out = out + self._derive(full, o, frames) * weights[:, o].view(-1, 1, 1, 1, 1)
-        return out
+    # ------------------------------------------------------------------ training: every option from the full conv
+    def _full(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv3d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def _slice(self, full: torch.Tensor, option: int) -> torch.Tensor:
         """Frames 0, R, 2R, ... and channels 0..k-1 of a full output: what ``option`` computes."""
         factor, k, _, _ = self._plan[option]
         return full[:, :k, ::factor] if factor > 1 else full[:, :k]
 
-    def _derive(self, full: torch.Tensor, option: int, frames: int) -> torch.Tensor:
-        """An option's output derived from the full conv's output (with autograd)."""
-        return full if option == 0 else self.rebuild(self._slice(full, option), option, frames)
-
-    def _forward_decided(self, x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
-        """Inference: each video pays only for its own option; a mixed batch is grouped by decision."""
-        self.last_choice, self.last_weights = choice, None
-        if x.shape[0] == 1:
-            return self.run_option(x, int(choice))  # the host sync the decision needs
-        counts = torch.bincount(choice, minlength=self.num_options).tolist()  # the one host sync
-        present = [o for o, c in enumerate(counts) if c]
-        if len(present) == 1:
-            return self.run_option(x, present[0])
-        order = torch.argsort(choice, stable=True)
-        out = None
-        for index, option in zip(torch.split(order, [counts[o] for o in present]), present):
-            part = self.run_option(x[index], option)  # advanced indexing keeps x's memory layout
-            if out is None:
-                out = torch.empty((x.shape[0], *part.shape[1:]), dtype=part.dtype, device=part.device,
-                                  memory_format=memory_format_of(part))
-            out[index] = part
-        return out
+    def _derive(self, full: torch.Tensor, option: int, frames: int, fast: bool = False) -> torch.Tensor:
+        """An option's output derived from the full conv's output."""
+        return full if option == 0 else self.rebuild(self._slice(full, option), option, frames, fast)
 
     def extra_repr(self) -> str:
         opts = ", ".join(f"({o.temporal},{o.channels})" for o in self.options)

@@ -1,4 +1,4 @@
-"""Switching every dynamic conv of a model at once: forcing options, random warm-up, temperature."""
+"""Switching every adaptive layer of a model at once: forcing options, random warm-up, temperature."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Iterator
 
 from torch import nn
 
-from .dynamic_conv import DynamicConv3d, Policy, channel_count
+from .dynamic_conv import DynamicConv3d, channel_count
+from .layer import AdaptiveLayer, Policy, adaptive_layers
 
 __all__ = ["dynamic_convs", "set_policy", "forced_policy", "set_temperature", "option_index"]
 
@@ -17,21 +18,21 @@ def dynamic_convs(model: nn.Module) -> list[tuple[str, DynamicConv3d]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, DynamicConv3d)]
 
 
-def option_index(layer: DynamicConv3d, temporal: int, channel_ratio: float) -> int:
+def option_index(layer: AdaptiveLayer, temporal: int, channel_ratio: float) -> int:
     """The index of option ``(temporal, channel_ratio)`` in ``layer``.
 
     A layer that lacks the temporal factor (too few frames) falls back to the same channel ratio at full
     frame rate; one that lacks the channel ratio (a grouped conv) to the same factor with every channel.
     """
-    k = channel_count(channel_ratio, layer.out_channels)
-    wanted = [(temporal, k), (1, k), (temporal, layer.out_channels), (1, layer.out_channels)]
+    k = channel_count(channel_ratio, layer.width)
+    wanted = [(temporal, k), (1, k), (temporal, layer.width), (1, layer.width)]
     index = {(o.temporal, o.channels): i for i, o in enumerate(layer.options)}
     return next(index[w] for w in wanted if w in index)
 
 
 def set_policy(model: nn.Module, policy: Policy | tuple[int, float]) -> None:
-    """Set how every dynamic conv decides: ``None`` (its gate), ``"random"``, or ``(temporal, channel_ratio)``."""
-    for _, layer in dynamic_convs(model):
+    """Set how every adaptive layer decides: ``None`` (its gate), ``"random"``, or ``(temporal, channel_ratio)``."""
+    for _, layer in adaptive_layers(model):
         if isinstance(policy, tuple):
             layer.policy = option_index(layer, *policy)
         else:
@@ -41,7 +42,7 @@ def set_policy(model: nn.Module, policy: Policy | tuple[int, float]) -> None:
 @contextlib.contextmanager
 def forced_policy(model: nn.Module, policy: Policy | tuple[int, float]) -> Iterator[nn.Module]:
     """Temporarily set every layer's policy (e.g. ``(1, 1.0)``: the full path, i.e. the original model)."""
-    saved = [(layer, layer.policy) for _, layer in dynamic_convs(model)]
+    saved = [(layer, layer.policy) for _, layer in adaptive_layers(model)]
     set_policy(model, policy)
     try:
         yield model
@@ -52,7 +53,7 @@ def forced_policy(model: nn.Module, policy: Policy | tuple[int, float]) -> Itera
 
 def set_temperature(model: nn.Module, temperature: float, relaxation: str | None = None) -> None:
     """Set the Gumbel-softmax temperature of every gate (and the relaxation: "hard" or "soft")."""
-    for _, layer in dynamic_convs(model):
+    for _, layer in adaptive_layers(model):
         layer.temperature = temperature
         if relaxation is not None:
             layer.relaxation = relaxation

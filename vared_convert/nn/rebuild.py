@@ -7,10 +7,11 @@
   per-channel two-tap blend of their neighbours, initialised to linear interpolation and clamped at the end.
   The computed frames pass through untouched.
 
-Both are plain convolutions, so fvcore counts them, ONNX exports them and every backend runs them. Plain eager
-inference (no autograd, no tracing) takes faster routes to the same values: the channel gather is a row copy in
-the tensor's own memory layout, and φ_t writes every frame straight into one preallocated output with two
-element-wise passes per phase instead of a padded copy, a depthwise conv and an interleaving copy.
+Both are plain convolutions, so fvcore counts them, ONNX exports them and every backend runs them. Eager
+inference (``fast=True``, which the owning layer passes when it runs in its ``"infer"`` execution) takes faster
+routes to the same values: the channel gather is a row copy in the tensor's own memory layout, and φ_t writes
+every frame straight into one preallocated output with two element-wise passes per phase instead of a padded
+copy, a depthwise conv and an interleaving copy. Those routes write in place, so they are for inference only.
 """
 
 from __future__ import annotations
@@ -21,16 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ChannelRebuild", "FrameRebuild", "eager_inference", "gather_channels", "ghost_sources", "memory_format_of"]
-
-
-def eager_inference() -> bool:
-    """True in plain eager inference: no autograd, no jit tracing (fvcore), no torch.export/compile.
-
-    Only then may the cheap ops write into preallocated outputs; otherwise they run their reference formulation,
-    which autograd differentiates, fvcore counts and the exporters translate.
-    """
-    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+__all__ = ["ChannelRebuild", "FrameRebuild", "gather_channels", "ghost_sources", "memory_format_of"]
 
 
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
@@ -104,9 +96,9 @@ class ChannelRebuild(nn.Module):
         if bias is not None:
             self.conv.bias.copy_(bias[k:] - scales * bias[:k][sources])
 
-    def ghosts(self, computed: torch.Tensor) -> torch.Tensor:
-        """The ``total - computed`` rebuilt channels alone, in ``computed``'s memory layout."""
-        fast = eager_inference()
+    def ghosts(self, computed: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """The ``total - computed`` rebuilt channels alone, in ``computed``'s memory layout (``fast``: the eager
+        inference route of the gather)."""
         gathered = gather_channels(computed, self.source) if fast else computed.index_select(1, self.source)
         if not gathered.is_contiguous():
             return self.conv(gathered)
@@ -118,8 +110,8 @@ class ChannelRebuild(nn.Module):
         out = F.conv2d(gathered.view(n, c * t, h, w), weight, bias, padding=self.conv.padding[1:], groups=c * t)
         return out.view(n, c, t, h, w)
 
-    def forward(self, computed: torch.Tensor) -> torch.Tensor:
-        return torch.cat([computed, self.ghosts(computed)], dim=1)
+    def forward(self, computed: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        return torch.cat([computed, self.ghosts(computed, fast)], dim=1)
 
     def extra_repr(self) -> str:
         return f"computed={self.computed}, total={self.total}"
@@ -139,14 +131,14 @@ class FrameRebuild(nn.Module):
             for p in range(1, factor):
                 self.blend.weight[p - 1 :: phases, 0, :, 0, 0] = torch.tensor([1 - p / factor, p / factor])
 
-    def forward(self, computed: torch.Tensor, frames: int) -> torch.Tensor:
+    def forward(self, computed: torch.Tensor, frames: int, fast: bool = False) -> torch.Tensor:
         """``computed``: (N, C, n, H, W) holding frames 0, R, 2R, ...; returns (N, C, frames, H, W)."""
-        return self.expand([computed], frames)
+        return self.expand([computed], frames, fast)
 
-    def expand(self, blocks: Sequence[torch.Tensor], frames: int) -> torch.Tensor:
-        """:meth:`forward` of the channel blocks ``blocks`` concatenated (without the concatenation in eager
-        inference: each block is written straight into its place in the output)."""
-        if eager_inference():
+    def expand(self, blocks: Sequence[torch.Tensor], frames: int, fast: bool = False) -> torch.Tensor:
+        """:meth:`forward` of the channel blocks ``blocks`` concatenated (with ``fast``, the eager inference
+        route: each block is written straight into its place in one preallocated output)."""
+        if fast:
             return self._blend_into(blocks, frames)
         computed = torch.cat(list(blocks), dim=1) if len(blocks) > 1 else blocks[0]
         n, c, t, h, w = computed.shape

@@ -53,10 +53,10 @@ class _SkippingSampler(DistributedSampler):
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Swap the last ``nn.Linear`` (outside the gates) for a fresh one with ``num_classes`` outputs."""
-    from ..nn import DynamicConv3d
+    from ..nn import AdaptiveLayer
     from ..recipe import replace_module
 
-    gate_modules = {id(m) for layer in model.modules() if isinstance(layer, DynamicConv3d) for m in layer.gate.modules()}
+    gate_modules = {id(m) for layer in model.modules() if isinstance(layer, AdaptiveLayer) for m in layer.gate.modules()}
     heads = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) not in gate_modules]
     if not heads:
         raise VaredError("--reset-head: the model has no nn.Linear classifier to replace")

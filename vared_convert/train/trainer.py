@@ -24,7 +24,7 @@ from torch import nn
 from ..checkpoint import save_model
 from ..errors import VaredError
 from ..flops import CostModel
-from ..nn import DynamicConv3d, channel_count, dynamic_convs, forced_policy, set_policy, set_temperature
+from ..nn import AdaptiveLayer, adaptive_layers, channel_count, forced_policy, recording, set_policy, set_temperature
 from ..recipe import model_info
 from .config import FinetuneConfig
 from .distributed import Runtime
@@ -43,12 +43,12 @@ def option_kinds(model: nn.Module) -> list[tuple[int, float]]:
     return [(t, c) for t in recipe.temporal for c in recipe.channel]
 
 
-def _layer_kind_index(layer: DynamicConv3d, kinds: list[tuple[int, float]]) -> list[int]:
+def _layer_kind_index(layer: AdaptiveLayer, kinds: list[tuple[int, float]]) -> list[int]:
     """Map each of a layer's options to its (temporal, channel ratio) kind."""
     index = []
     for option in layer.options:
         matches = [i for i, (t, c) in enumerate(kinds)
-                   if t == option.temporal and channel_count(c, layer.out_channels) == option.channels]
+                   if t == option.temporal and channel_count(c, layer.width) == option.channels]
         index.append(matches[0])
     return index
 
@@ -134,9 +134,9 @@ class Finetuner:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.class_names = class_names
         self.on_event = on_event if (on_event and runtime.is_main) else (lambda kind, data: None)
-        self.layers = [layer for _, layer in dynamic_convs(self.model)]
+        self.layers = [layer for _, layer in adaptive_layers(self.model)]
         if not self.layers:
-            raise VaredError("the model has no dynamic conv: convert it with `vared convert` first")
+            raise VaredError("the model has no adaptive layer: convert it with `vared convert` first")
         self.costs = CostModel(self.model, clip_shape)
         self.kinds = option_kinds(self.model)
         self.kind_index = [_layer_kind_index(layer, self.kinds) for layer in self.layers]
@@ -237,9 +237,9 @@ class Finetuner:
             with torch.no_grad(), self._autocast(), forced_policy(self.model, (1, 1.0)):
                 teacher = self.model(clips)
         self._set_train_mode()
-        with self._autocast():
+        with self._autocast(), recording(self.model) as log:
             logits = self.ddp(clips)
-            ratio = self.costs.expected_ratio([layer.last_weights.float() for layer in self.layers])
+            ratio = self.costs.expected_ratio([w.float() for w in log.weights(self.layers)])
             parts = self.objective(logits, labels, teacher, ratio.detach() if warmup else ratio)
         loss = parts.total if not warmup else parts.ce + self.cfg.distill_weight * parts.kd
         if not torch.isfinite(loss):
@@ -273,8 +273,9 @@ class Finetuner:
             clips = batch["clip"].to(self.runtime.device)
             labels = batch["label"].cpu()
             with self._autocast():
-                logits = self.model(clips).float().cpu()
-                choices = [layer.last_choice.cpu() for layer in self.layers]
+                with recording(self.model) as log:
+                    logits = self.model(clips).float().cpu()
+                choices = [c.cpu() for c in log.choices(self.layers)]
                 with forced_policy(self.model, (1, 1.0)):
                     full_logits = self.model(clips).float().cpu()
             hit = logits.argmax(1) == labels

@@ -1,0 +1,252 @@
+"""Finding a network's blocks with torch.fx, and rewriting the modules that hold them.
+
+A **block** is a linear run of the network's own modules that one gate can steer as a unit
+(:class:`~vared_convert.nn.AdaptiveBlock`):
+
+* a **residual** branch: the run of single-input, single-use ops from a conv to a residual add, when it holds at
+  least two convs (an inner width to shrink) and every op in it can be shrunk (convs, BatchNorm, activations,
+  squeeze-excitation);
+* otherwise a **chain**: one conv and the per-channel ops right after it (BatchNorm, activations), up to the
+  next op that mixes channels or frames (the next conv, a pool, an add, a fork). Inception-style branches are
+  chains of this kind, one per conv.
+
+The module that holds a block (the deepest one containing all its ops: torchvision's ``BasicBlock``,
+pytorchvideo's ``BottleneckBlock``, a ``Sequential``) is re-traced alone and rewritten as an fx ``GraphModule``
+in which the block's ops are one call of the adaptive block; the original submodules stay registered under
+their names, so every state_dict key survives and the block reaches them by reference.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .nn import AdaptiveBlock, DynamicConv3d, op_kind
+from .nn.block import block_problem
+
+__all__ = ["BlockSite", "BlockTracer", "block_module_name", "find_blocks", "place_blocks", "place_owner", "rewrite_owner"]
+
+_ADDS = {operator.add, operator.iadd, torch.add}
+
+
+class BlockTracer(fx.Tracer):
+    """Leaves: convs (plain and dynamic), the ops a block can shrink (squeeze-excitation, pytorchvideo's Swish),
+    and torch.nn's own modules."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, (nn.Conv3d, DynamicConv3d, AdaptiveBlock)):
+            return True
+        if op_kind(m) is not None:
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+@dataclass
+class BlockSite:
+    """A block as the analysis saw it: its ops (qualified names), kind, the module holding it, and shapes."""
+
+    ops: list[str]
+    kind: str
+    owner: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    is_stem: bool = False
+    problem: str | None = None  # why it cannot run as a block (its convs fall back to per-conv)
+    name: str = ""  # the adaptive block's qualified name once placed
+    conv_names: list[str] = field(default_factory=list)
+
+
+def block_module_name(index: int) -> str:
+    """The name of the ``index``-th adaptive block inside its owner: ``adaptive``, ``adaptive_1``, ..."""
+    return "adaptive" if index == 0 else f"adaptive_{index}"
+
+
+def _is_add(node: fx.Node) -> bool:
+    if node.op == "call_function" and node.target in _ADDS:
+        return True
+    return node.op == "call_method" and node.target in ("add", "add_")
+
+
+def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    return [n for n in node.all_input_nodes if n.op != "get_attr"]
+
+
+def _run_from(node: fx.Node) -> list[fx.Node]:
+    """The linear run starting at ``node``: each next node is the sole user of the previous one and reads only it."""
+    run = [node]
+    while len(run[-1].users) == 1:
+        user = next(iter(run[-1].users))
+        if _is_add(user) or user.op == "output" or _tensor_inputs(user) != [run[-1]]:
+            break
+        run.append(user)
+    return run
+
+
+def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def _owner(names: Sequence[str]) -> str:
+    """The deepest module path containing every name in ``names``."""
+    parents = [name.split(".")[:-1] for name in names]
+    common = []
+    for parts in zip(*parents):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return ".".join(common)
+
+
+def _describe(node: fx.Node, gm: fx.GraphModule) -> str:
+    m = _module(gm, node)
+    return type(m).__name__ if m is not None else f"{node.op} {getattr(node.target, '__name__', node.target)}"
+
+
+def find_blocks(model: nn.Module, example: torch.Tensor) -> list[BlockSite]:
+    """Every block of ``model`` (residual branches and chains), in graph order; raises if fx cannot trace it."""
+    tracer = BlockTracer()
+    graph = tracer.trace(model)
+    gm = fx.GraphModule(tracer.root, graph)
+    ShapeProp(gm).propagate(example)
+    after_conv: dict[fx.Node, bool] = {}
+    for node in gm.graph.nodes:
+        is_conv = isinstance(_module(gm, node), nn.Conv3d)
+        after_conv[node] = is_conv or any(after_conv[i] for i in node.all_input_nodes)
+    taken: set[fx.Node] = set()
+    sites: list[BlockSite] = []
+    for node in gm.graph.nodes:
+        if node in taken or not isinstance(_module(gm, node), nn.Conv3d):
+            continue
+        run = [n for n in _run_from(node) if n not in taken]
+        end = run[-1]
+        users = list(end.users)
+        residual = len(users) == 1 and _is_add(users[0])
+        modules = [_module(gm, n) for n in run]
+        convs = [n for n, m in zip(run, modules) if isinstance(m, nn.Conv3d)]
+        problem = None
+        if residual and len(convs) >= 2:
+            kind, ops = "residual", run
+            unshrinkable = [n for n, m in zip(run, modules) if m is None or op_kind(m) is None]
+            if unshrinkable:
+                problem = f"{_describe(unshrinkable[0], gm)} cannot be shrunk"
+        else:
+            kind, ops = "chain", [node]
+            for n, m in zip(run[1:], modules[1:]):
+                if m is None or op_kind(m) not in ("norm", "pointwise"):
+                    break
+                ops.append(n)
+        names = [str(n.target) for n in ops if n.op == "call_module"]
+        if problem is None:
+            problem = block_problem([gm.get_submodule(t) for t in names], kind)
+        owner = _owner(names) if names else ""
+        if problem is None and not owner:
+            problem = "its ops are called by the model's top-level forward (no module holds them)"
+        taken.update(ops)
+        sites.append(BlockSite(
+            ops=names, kind=kind, owner=owner,
+            input_shape=tuple(node.args[0].meta["tensor_meta"].shape),
+            output_shape=tuple(ops[-1].meta["tensor_meta"].shape),
+            is_stem=not any(after_conv[i] for i in node.all_input_nodes),
+            problem=problem,
+            conv_names=[str(n.target) for n in convs if n in ops or kind == "residual"],
+        ))
+    _merge_nested_owners(sites)
+    return sites
+
+
+def _merge_nested_owners(sites: list[BlockSite]) -> None:
+    """Where one block's owner lies inside another's, both are rewritten in the outer one."""
+    owners = sorted({s.owner for s in sites if s.owner}, key=len)
+    for site in sites:
+        for outer in owners:
+            if site.owner != outer and site.owner.startswith(outer + "."):
+                site.owner = outer
+                break
+
+
+def rewrite_owner(owner: nn.Module, blocks: Sequence[tuple[Sequence[str], nn.Module]]) -> fx.GraphModule:
+    """``owner`` as a GraphModule in which each block's ops (names relative to ``owner``) are one call of its
+    adaptive block (``blocks``: ``(ops, block)`` pairs, named :func:`block_module_name` in order).
+
+    Every submodule, parameter and buffer of ``owner`` stays registered under its name.
+    """
+    tracer = BlockTracer()
+    graph = tracer.trace(owner)
+    by_target = {str(n.target): n for n in graph.nodes if n.op == "call_module"}
+    attributes: dict[str, Any] = {}
+    for index, (ops, block) in enumerate(blocks):
+        nodes = []
+        for name in ops:
+            if name not in by_target:
+                raise ValueError(f"{name} is not called in {type(owner).__name__}.forward")
+            nodes.append(by_target[name])
+        for before, after in zip(nodes, nodes[1:]):
+            if list(before.users) != [after] or _tensor_inputs(after) != [before]:
+                raise ValueError(f"{' → '.join(ops)} is not a linear run in {type(owner).__name__}.forward")
+        target = block_module_name(index)
+        attributes[target] = block
+        with graph.inserting_before(nodes[0]):
+            call = graph.call_module(target, (nodes[0].args[0],))
+        nodes[-1].replace_all_uses_with(call)
+        for n in reversed(nodes):
+            graph.erase_node(n)
+    graph.lint()
+    for n in graph.nodes:
+        if n.op in ("call_module", "get_attr") and n.target not in attributes:
+            attributes[n.target] = _get(owner, n.target)
+    rewritten = fx.GraphModule(attributes, graph, class_name=f"Adaptive{type(owner).__name__}")
+    for name, child in owner.named_children():
+        rewritten.add_module(name, child)
+    for name, param in owner.named_parameters(recurse=False):
+        rewritten.register_parameter(name, param)
+    for name, buffer in owner.named_buffers(recurse=False):
+        rewritten.register_buffer(name, buffer)
+    for index in range(len(blocks)):
+        rewritten.add_module(block_module_name(index), blocks[index][1])
+    rewritten.train(owner.training)
+    return rewritten
+
+
+def _get(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def place_blocks(model: nn.Module, specs: Sequence[Any]) -> list[str]:
+    """Make each block of ``specs`` (objects with ``owner``, ``ops`` (qualified names), ``kind``, ``options`` and
+    ``gate_hidden``) adaptive in ``model``, in place; returns the blocks' qualified names."""
+    by_owner: dict[str, list[Any]] = {}
+    for spec in specs:
+        by_owner.setdefault(spec.owner, []).append(spec)
+    names = []
+    for owner_name, group in by_owner.items():
+        names += place_owner(model, owner_name, group)
+    return names
+
+
+def place_owner(model: nn.Module, owner_name: str, specs: Sequence[Any]) -> list[str]:
+    """Make the blocks ``specs``, all held by module ``owner_name``, adaptive: that module is rewritten (see
+    :func:`rewrite_owner`) and put back in ``model``. Returns the blocks' qualified names."""
+    from .recipe import replace_module
+
+    owner = model.get_submodule(owner_name)
+    made = []
+    for spec in specs:
+        relative = [op[len(owner_name) + 1:] for op in spec.ops]
+        ops = [owner.get_submodule(r) for r in relative]
+        param = next(ops[0].parameters())
+        block = AdaptiveBlock(ops, spec.kind, spec.options, spec.gate_hidden, members=relative)
+        block = block.to(device=param.device, dtype=param.dtype)
+        block.init_cheap_ops()
+        made.append((relative, block))
+    replace_module(model, owner_name, rewrite_owner(owner, made))
+    return [f"{owner_name}.{block_module_name(i)}" for i in range(len(made))]
