@@ -24,12 +24,17 @@ def test_convert_prints_tables_and_writes_a_verified_model(run_vared, r3d_checkp
     out = tmp_path / "r3d_vared.pth"
     proc = run_vared("convert", r3d_checkpoint, "--arch", "torchvision:r3d_18", "--num-classes", "10",
                      "--input-shape", "3,8,64,64", "--out", out, check=True)
-    assert "Adaptive convolutions (16)" in proc.stdout
-    assert "layer4.1.conv2.0" in proc.stdout and "stem: reads the input clip" in proc.stdout
+    assert "Adaptive blocks (8)" in proc.stdout and "layer4.1.adaptive" in proc.stdout  # the default: blocks
+    assert "residual" in proc.stdout and "stem: reads the input clip" in proc.stdout
     assert "verified" in proc.stdout and "max abs difference 0" in proc.stdout
     raw = torch.load(out, weights_only=True)
     assert raw["format"] == "vared" and raw["recipe"]["input_shape"] == [3, 8, 64, 64]
     assert [p.name for p in tmp_path.iterdir()] == ["r3d_vared.pth"]  # no temporary file left
+
+    per_conv = run_vared("convert", r3d_checkpoint, "--arch", "torchvision:r3d_18", "--num-classes", "10",
+                         "--input-shape", "3,8,64,64", "--granularity", "conv", "--out", tmp_path / "c.pth", check=True)
+    assert "Adaptive convolutions (16)" in per_conv.stdout and "layer4.1.conv2.0" in per_conv.stdout
+    assert "Adaptive blocks" not in per_conv.stdout
 
 
 def test_convert_json_for_scripts(run_vared, tmp_path):
@@ -38,7 +43,8 @@ def test_convert_json_for_scripts(run_vared, tmp_path):
     (tmp_path / "classes.txt").write_text("walk\nrun\njump\nsit\n")
     proc = run_vared("convert", ckpt, "--arch", "models_for_tests:tiny", "--input-shape", "3,8,32,32",
                      "--out", tmp_path / "o.pth", "--temporal", "1,2,4", "--channel", "1,0.5",
-                     "--skip", "block1", "--classes", tmp_path / "classes.txt", "--json", check=True)
+                     "--skip", "block1", "--classes", tmp_path / "classes.txt", "--granularity", "conv", "--json",
+                     check=True)
     data = json.loads(proc.stdout)
     assert {"converted", "static", "converted_flops_share", "max_abs_error"} <= set(data)
     assert data["max_abs_error"] == 0.0

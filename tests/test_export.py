@@ -14,7 +14,7 @@ from test_dynamic_conv import _steer_gate
 from vared_convert.convert import convert
 from vared_convert.errors import VaredError
 from vared_convert.export import export_model, most_frequent_policy, static_policy
-from vared_convert.nn import dynamic_convs, forced_policy
+from vared_convert.nn import adaptive_layers, decide, dynamic_convs, forced_policy
 
 SHAPE = (4, 7, 12, 12)  # an odd frame count: the temporal options rebuild a partial last group
 
@@ -75,8 +75,9 @@ def assert_onnx_follows_every_branch(model: nn.Module, path, steering: list[int 
     for seed, channel in enumerate(steering):
         clip = steered_clip(channel, seed)
         with torch.no_grad():
-            expected = model.eval()(clip)
-        seen.add(int(conv1.last_choice))
+            decided = decide(model.eval(), clip)
+        expected = decided.output
+        seen.add(int(decided.decisions[conv1].choice))
         got = session.run(None, {session.get_inputs()[0].name: clip.numpy()})[0]
         np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
     assert seen == {0, 2, 3, 4, 5}
@@ -148,7 +149,7 @@ def test_bad_requests_are_clear_errors(tmp_path):
         export_model(model)
     with pytest.raises(VaredError, match="--option T,C"):
         static_policy(model, (2, 1.5))
-    with pytest.raises(VaredError, match="no adaptive convolution"):
+    with pytest.raises(VaredError, match="no adaptive layer"):
         export_model(two_conv_net(), onnx=tmp_path / "x.onnx", input_shape=SHAPE)
     (tmp_path / "taken.onnx").write_bytes(b"x")
     with pytest.raises(VaredError, match="--force"):

@@ -10,7 +10,7 @@ from vared_convert.convert import convert
 from vared_convert.data.synthetic import CLASSES, write_synthetic_dataset
 from vared_convert.errors import VaredError
 from vared_convert.flops import CostModel
-from vared_convert.nn import dynamic_convs, forced_policy, option_index
+from vared_convert.nn import adaptive_layers, forced_policy, option_index
 from vared_convert.predict import evaluate, evaluate_dataset, predict
 
 SHAPE = (3, 8, 32, 32)
@@ -24,7 +24,7 @@ def adaptive():
 def _pin_gates(model, option):
     """Every gate picks ``option`` (T, C) whatever the input: the decisions are known, the gates still run."""
     with torch.no_grad():
-        for _, layer in dynamic_convs(model):
+        for _, layer in adaptive_layers(model):
             layer.gate.fc2.weight.zero_()
             layer.gate.fc2.bias.zero_()
             layer.gate.fc2.bias[option_index(layer, *option)] = 10.0
@@ -39,7 +39,7 @@ def test_predict_reports_each_clips_flops_ratio(adaptive):
 
     _pin_gates(adaptive, (2, 0.5))
     out = predict(adaptive, clips, costs)
-    indices = [option_index(layer, 2, 0.5) for _, layer in dynamic_convs(adaptive)]
+    indices = [option_index(layer, 2, 0.5) for _, layer in adaptive_layers(adaptive)]
     expected = (costs.forced_macs(indices) + costs.gate_macs) / costs.original_macs
     torch.testing.assert_close(out.flops_ratio, torch.full((3,), expected))
     with torch.no_grad(), forced_policy(adaptive, (2, 0.5)):

@@ -15,17 +15,18 @@ from vared_convert.checkpoint import save_model
 from vared_convert.convert import convert
 from vared_convert.errors import VaredError
 from vared_convert.flops import count_macs
-from vared_convert.nn import dynamic_convs, forced_policy
+from vared_convert.nn import adaptive_layers, forced_policy
 from vared_convert.profile import profile_model
+from vared_convert.recipe import model_info
 
 OPTIONS = [(1, 1.0), (1, 0.5), (1, 0.25), (2, 1.0), (2, 0.5), (2, 0.25)]
 
 
-@pytest.fixture(scope="module")
-def r3d_full_size():
-    """torchvision r3d_18 at its usual clip, 3×16×112×112, converted (random weights)."""
+@pytest.fixture(scope="module", params=["conv", "block"])
+def r3d_full_size(request):
+    """torchvision r3d_18 at its usual clip, 3×16×112×112, converted (random weights) at each granularity."""
     original = build_model(ArchSpec("torchvision:r3d_18"))
-    return original, convert(original, (3, 16, 112, 112), arch="torchvision:r3d_18").model
+    return original, convert(original, (3, 16, 112, 112), arch="torchvision:r3d_18", granularity=request.param).model
 
 
 def test_r3d_18_original_equals_fvcore_and_every_option_matches_fvcore(r3d_full_size):
@@ -54,7 +55,8 @@ def test_static_report_gives_ranges_and_json_keys(r3d_full_size):
     assert data["input_shape"] == [3, 16, 112, 112]
     assert all({"name", "original_gflops", "adaptive_gflops", "option_counts"} <= set(layer) for layer in data["layers"])
     dynamic = [layer for layer in report.layers if layer.dynamic]
-    assert len(dynamic) == 16 and all(layer.min_macs < layer.original_macs for layer in dynamic)
+    blocks = model_info(adaptive).recipe.granularity == "block"
+    assert len(dynamic) == (8 if blocks else 16) and all(layer.min_macs < layer.original_macs for layer in dynamic)
     assert report.min_macs < report.original_macs < report.adaptive_macs  # the gates cost a little
     assert report.gate_macs < 0.001 * report.original_macs
     total = sum(layer.original_macs for layer in report.layers) + report.other_macs
@@ -63,7 +65,7 @@ def test_static_report_gives_ranges_and_json_keys(r3d_full_size):
 
 def test_decisions_on_clips_are_counted_per_layer_and_class():
     model = convert(tiny(), (3, 8, 32, 32)).model
-    layers = dynamic_convs(model)
+    layers = adaptive_layers(model)
     name, steered = layers[0]
     _steer_gate(steered, {0: 5})  # input channel 0 large -> option 5 (2, 0.25)
     clips = torch.randn(4, 3, 8, 32, 32)

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from .arch import ArchSpec
 from .checkpoint import load_model, read_checkpoint, save_model, is_vared_checkpoint
-from .convert import DEFAULT_CHANNEL, DEFAULT_TEMPORAL, Conversion, convert
+from .convert import DEFAULT_CHANNEL, DEFAULT_GRANULARITY, DEFAULT_TEMPORAL, Conversion, convert
 from .errors import VaredError
 from .files import check_output_path
 
@@ -33,6 +33,7 @@ def convert_checkpoint(
     class_names: Sequence[str] | None = None,
     trust_pickle: bool = False,
     force: bool = False,
+    granularity: str = DEFAULT_GRANULARITY,
 ) -> Conversion:
     """``vared convert``: load pretrained weights, convert, verify, and save the adaptive model atomically."""
     check_output_path(out, force)
@@ -43,7 +44,7 @@ def convert_checkpoint(
     result = convert(
         model, input_shape, arch=model.vared_info.arch, temporal=temporal, channel=channel, only=only, skip=skip,
         min_flops_share=min_flops_share, convert_stem=convert_stem, class_names=model.vared_info.class_names,
-        time_aware=time_aware, time_device=time_device,
+        time_aware=time_aware, time_device=time_device, granularity=granularity,
     )
     save_model(result.model, out, force=force)
     return result

@@ -110,6 +110,9 @@ def convert(
                                             "rules (repeatable).")] = [],
     min_share: Annotated[float, typer.Option(help="Convs under this share of the model's FLOPs stay static.")] = 0.002,
     convert_stem: Annotated[bool, typer.Option(help="Also convert convs that read the input clip.")] = False,
+    granularity: Annotated[str, typer.Option(help="block: one gate per block (residual branch, or conv + "
+                                             "per-channel ops), its option shrinking all the work inside; conv: "
+                                             "one gate per conv (the paper's form).")] = "block",
     time_aware: Annotated[bool, typer.Option("--time-aware", help="Time each converted conv on --time-device and "
                                              "keep it static where its gate and cheapest option save under 10% "
                                              "of its time (FLOPs are not time: X3D's 1×1×1 convs on a CPU).")] = False,
@@ -134,6 +137,7 @@ def convert(
             temporal=parse_ints(temporal, "--temporal"), channel=parse_floats(channel, "--channel"),
             only=only, skip=skip, min_flops_share=min_share, convert_stem=convert_stem, time_aware=time_aware,
             time_device=time_device, class_names=read_class_names(classes), trust_pickle=trust_pickle, force=force,
+            granularity=granularity,
         )
     finally:
         if status:
@@ -143,6 +147,30 @@ def convert(
         print_json({**report.to_dict(), "out": str(out)})
         return
 
+    if report.granularity == "block":
+        blocks = Table(title=f"Adaptive blocks ({len(report.converted_blocks)})", title_justify="left")
+        blocks.add_column("block", no_wrap=True)
+        blocks.add_column("kind", no_wrap=True)
+        blocks.add_column("ops")
+        blocks.add_column("input C×T×H×W", no_wrap=True)
+        blocks.add_column("options")
+        blocks.add_column("share", justify="right", no_wrap=True, min_width=6)
+        for d in report.converted_blocks:
+            ops = f"{d.ops[0].removeprefix(d.owner + '.')} … {d.ops[-1].removeprefix(d.owner + '.')} ({len(d.convs)} conv)"
+            blocks.add_row(d.name, d.kind, ops, fmt_shape(d.input_shape), fmt_options(d.options, d.width),
+                           f"{100 * d.share:.1f}%")
+        console.print(blocks)
+        fallback = [d for d in report.blocks if not d.converted]
+        if fallback:
+            table = Table(title=f"Blocks left to the per-conv rules ({len(fallback)})", title_justify="left")
+            table.add_column("block", no_wrap=True)
+            table.add_column("share", justify="right")
+            table.add_column("why")
+            for d in fallback:
+                table.add_row(f"{d.owner} ({d.kind})", f"{100 * d.share:.2f}%", d.reason)
+            console.print(table)
+        if report.block_failure:
+            console.print(f"[yellow]note:[/] {report.block_failure}; every conv decided on its own")
     adaptive = Table(title=f"Adaptive convolutions ({len(report.converted)})", title_justify="left")
     adaptive.add_column("layer", no_wrap=True)
     adaptive.add_column("conv", no_wrap=True)
@@ -162,8 +190,12 @@ def convert(
     console.print(static)
     if report.trace_failure:
         console.print(f"[yellow]note:[/] {report.trace_failure}; analysed with forward hooks and converted in place")
+    in_blocks = sum(len(d.convs) for d in report.converted_blocks)
     console.print(
-        f"{len(report.converted)} of {len(report.layers)} convs adaptive, holding "
+        (f"{len(report.converted_blocks)} adaptive blocks ({in_blocks} convs) and " if report.granularity == "block"
+         else "")
+        + f"{len(report.converted)} of {len(report.layers)} {'other ' if report.granularity == 'block' else ''}convs "
+        f"adaptive, holding "
         f"{100 * report.converted_flops_share:.1f}% of the model's {report.original_macs / 1e9:.2f} GFLOPs "
         f"(clip {fmt_shape(report.input_shape)}; FLOPs = multiply-adds)"
     )
