@@ -43,3 +43,74 @@ def untraceable(num_classes: int = 3) -> nn.Module:
 
 def not_a_module(num_classes: int = 3):
     return "oops"
+
+
+class Bottleneck(nn.Module):
+    """X3D-style residual branch: 1×1×1 → BN → ReLU → depthwise 3×3×3 → BN → squeeze-excitation → SiLU →
+    1×1×1 → BN, added to the input."""
+
+    def __init__(self, channels: int, inner: int, se: bool = True):
+        super().__init__()
+        from fvcore.nn.squeeze_excitation import SqueezeExcitation
+
+        self.conv_a = nn.Conv3d(channels, inner, 1, bias=False)
+        self.norm_a = nn.BatchNorm3d(inner)
+        self.act_a = nn.ReLU()
+        self.conv_b = nn.Conv3d(inner, inner, 3, padding=1, groups=inner, bias=False)
+        self.norm_b = nn.BatchNorm3d(inner)
+        self.se = SqueezeExcitation(inner, max(4, inner // 4), is_3d=True) if se else nn.Identity()
+        self.act_b = nn.SiLU()
+        self.conv_c = nn.Conv3d(inner, channels, 1, bias=False)
+        self.norm_c = nn.BatchNorm3d(channels)
+
+    def forward(self, x):
+        y = self.act_b(self.se(self.norm_b(self.conv_b(self.act_a(self.norm_a(self.conv_a(x)))))))
+        return x + self.norm_c(self.conv_c(y))
+
+
+class TinyRes(nn.Module):
+    """A stem, a 3×3×3 residual block (torchvision BasicBlock-like), two X3D-style bottlenecks, a head."""
+
+    def __init__(self, num_classes: int = 4, width: int = 8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv3d(3, width, (1, 3, 3), (1, 2, 2), (0, 1, 1), bias=False),
+                                  nn.BatchNorm3d(width), nn.ReLU())
+        self.conv1 = nn.Sequential(nn.Conv3d(width, width, 3, padding=1, bias=False), nn.BatchNorm3d(width), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv3d(width, width, 3, padding=1, bias=False), nn.BatchNorm3d(width))
+        self.relu = nn.ReLU()
+        self.blocks = nn.Sequential(Bottleneck(width, 3 * width), Bottleneck(width, 3 * width, se=False))
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.relu(x + self.conv2(self.conv1(x)))
+        x = self.blocks(x)
+        return self.fc(x.mean(dim=(2, 3, 4)))
+
+
+def tiny_res(num_classes: int = 4) -> nn.Module:
+    model = TinyRes(num_classes)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so that slicing them is tested
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1, 0.2)
+                m.bias.normal_(0, 0.2)
+    return model.eval()
+
+
+class PoolInBranch(nn.Module):
+    """A residual branch with a max pool inside: a block cannot shrink it, so its convs fall back to per-conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv3d(3, 16, 3, padding=1), nn.ReLU())
+        self.branch = nn.Sequential(nn.Conv3d(16, 16, 3, padding=1), nn.MaxPool3d(3, 1, 1),
+                                    nn.Conv3d(16, 16, 3, padding=1))
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.branch(x)
+        return self.fc(x.mean(dim=(2, 3, 4)))

@@ -28,10 +28,10 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .nn import AdaptiveBlock, DynamicConv3d, op_kind
+from .nn import AdaptiveBlock, DynamicConv3d, adaptive_layers, op_kind
 from .nn.block import block_problem
 
-__all__ = ["BlockSite", "BlockTracer", "block_module_name", "find_blocks", "place_blocks", "place_owner", "rewrite_owner"]
+__all__ = ["BlockSite", "BlockTracer", "block_members", "block_module_name", "find_blocks", "place_blocks", "place_owner", "rewrite_owner"]
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 
@@ -250,3 +250,16 @@ def place_owner(model: nn.Module, owner_name: str, specs: Sequence[Any]) -> list
         made.append((relative, block))
     replace_module(model, owner_name, rewrite_owner(owner, made))
     return [f"{owner_name}.{block_module_name(i)}" for i in range(len(made))]
+
+
+def block_members(model: nn.Module) -> set[str]:
+    """The qualified names of the modules that adaptive blocks run, and of their submodules (they are counted in
+    the block's row)."""
+    members = set()
+    for name, layer in adaptive_layers(model):
+        if isinstance(layer, AdaptiveBlock):
+            owner = name.rpartition(".")[0]
+            for member, op in zip(layer.members, layer._ops):
+                base = f"{owner}.{member}" if owner else member
+                members.update(f"{base}.{sub}" if sub else base for sub, _ in op.named_modules())
+    return members

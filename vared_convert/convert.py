@@ -627,7 +627,8 @@ def convert(
                 for b in block_sites if not b.is_stem
             ]
             _place_blocks(adaptive, block_decisions)
-        in_blocks = {name for d in block_decisions if d.converted for name in d.convs}
+        in_blocks = {f"{op}.{sub}" if sub else op for d in block_decisions if d.converted for op in d.ops
+                     for sub, m in original.get_submodule(op).named_modules() if isinstance(m, nn.Conv3d)}
         decisions = [
             _decide(site, total_macs, temporal, channel, only, skip, min_flops_share, max_gate_overhead, convert_stem)
             for site in sites if site.name not in in_blocks

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import block_members
 from .errors import VaredError
 from .files import atomic_output, check_output_path
 from .nn import TRACE, AdaptiveBlock, AdaptiveLayer, adaptive_layers, option_index, recording, set_execution
@@ -111,10 +112,7 @@ def lower_conv3d(model: nn.Module, inplace: bool = False) -> nn.Module:
     runs) are left to their export modules, which lower their computed part themselves."""
     lowered = model if inplace else copy.deepcopy(model)
     inside_dynamic = {f"{name}.{sub}" for name, m in adaptive_layers(lowered) for sub, _ in m.named_modules() if sub}
-    for name, m in adaptive_layers(lowered):
-        if isinstance(m, AdaptiveBlock):
-            owner = name.rpartition(".")[0]
-            inside_dynamic.update(f"{owner}.{member}" if owner else member for member in m.members)
+    inside_dynamic |= block_members(lowered)
     for name, module in list(lowered.named_modules()):
         if isinstance(module, nn.Conv3d) and name not in inside_dynamic and FrameConv3d.pays_for(module):
             replace_module(lowered, name, FrameConv3d(module))

@@ -24,7 +24,8 @@ from torch import nn
 from .arch import build_model
 from .errors import VaredError
 from .flops import CostModel
-from .nn import AdaptiveBlock, adaptive_layers, forced_policy, option_index, recording
+from .blocks import block_members
+from .nn import adaptive_layers, forced_policy, option_index, recording
 from .recipe import model_info
 from .timing import Timing, measure_interleaved
 
@@ -158,16 +159,6 @@ def original_network(model: nn.Module) -> nn.Module:
     original.load_state_dict({k: state[k] for k in original.state_dict()})
     param = next(model.parameters(), None)
     return original.to(param.device if param is not None else "cpu").eval()
-
-
-def block_members(model: nn.Module) -> set[str]:
-    """The qualified names of the modules that adaptive blocks run (they are counted in the block's row)."""
-    members = set()
-    for name, layer in adaptive_layers(model):
-        if isinstance(layer, AdaptiveBlock):
-            owner = name.rpartition(".")[0]
-            members.update(f"{owner}.{m}" if owner else m for m in layer.members)
-    return members
 
 
 def _conv_rows(model: nn.Module, costs: CostModel) -> tuple[list[LayerProfile], int]:
