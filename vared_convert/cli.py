@@ -249,10 +249,12 @@ def print_profile(report, title: str) -> None:
                   "convention: one multiply-add = one FLOP)")
     if report.latency is not None:
         lat = report.latency
-        console.print(f"latency ({lat.original.device}, {lat.original.threads} threads, median of {lat.original.repeats} "
-                      f"after warm-up, batch 1): original {lat.original.median_ms:.1f} ms, adaptive "
-                      f"{lat.adaptive.median_ms:.1f} ms → time ratio [bold]{lat.time_ratio:.3f}[/] (FLOPs ratio "
-                      f"{report.flops_ratio:.3f})")
+        realised = f", realised share {lat.realised:.2f}" if lat.realised is not None else ""
+        console.print(f"latency ({lat.original.device}, {lat.original.threads} threads, {lat.layout}, malloc "
+                      f"{lat.malloc}, median of {lat.original.repeats} interleaved after warm-up, batch 1): original "
+                      f"{lat.original.median_ms:.1f} ms ({lat.original.min_ms:.1f}–{lat.original.max_ms:.1f}), adaptive "
+                      f"{lat.adaptive.median_ms:.1f} ms ({lat.adaptive.min_ms:.1f}–{lat.adaptive.max_ms:.1f}) → time "
+                      f"ratio [bold]{lat.time_ratio:.3f}[/] (FLOPs ratio {report.flops_ratio:.3f}{realised})")
     for cls, counts in sorted(report.class_histograms.items()):
         console.print(f"  class {cls}: {_option_summary(counts, limit=6)}")
 

@@ -86,16 +86,32 @@ class Latency:
     original: Timing
     adaptive: Timing
     clips: int = 1
+    flops_ratio: float | None = None
+    layout: str = "contiguous"
+    malloc: str = "system"
 
     @property
     def time_ratio(self) -> float:
         return self.adaptive.median_ms / self.original.median_ms
 
+    @property
+    def realised(self) -> float | None:
+        """The share of the FLOPs saving realised in time, ``(1 − time ratio) / (1 − FLOPs ratio)``."""
+        if self.flops_ratio is None or self.flops_ratio >= 0.99:
+            return None
+        return (1 - self.time_ratio) / (1 - self.flops_ratio)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "original_ms": self.original.median_ms,
             "adaptive_ms": self.adaptive.median_ms,
+            "original_range_ms": [self.original.min_ms, self.original.max_ms],
+            "adaptive_range_ms": [self.adaptive.min_ms, self.adaptive.max_ms],
             "time_ratio": self.time_ratio,
+            "flops_ratio": self.flops_ratio,
+            "realised": self.realised,
+            "layout": self.layout,
+            "malloc": self.malloc,
             "device": self.original.device,
             "threads": self.original.threads,
             "repeats": self.original.repeats,
@@ -292,6 +308,7 @@ def profile_model(
     if latency:
         inputs = sample_clips or [torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)]
         report.latency = _measure_latency(model, inputs, option, repeats, warmup, device)
+        report.latency.flops_ratio = report.flops_ratio
     return report
 
 
@@ -313,7 +330,18 @@ def _check_option(model: nn.Module, option: tuple[int, float]) -> None:
 
 def _measure_latency(model: nn.Module, inputs: list[torch.Tensor], option: tuple[int, float] | None, repeats: int,
                      warmup: int, device: torch.device) -> Latency:
-    original = original_network(model)
+    """Both models timed side by side, interleaved, in the layout inference runs in on ``device`` (channels-last
+    on the CPU, where it is fastest for both), with freed memory kept for reuse on glibc."""
+    import copy
+
+    from .predict import inference_memory_format
+    from .timing import retain_freed_memory
+
+    layout = inference_memory_format(device)
+    malloc = "retain" if device.type == "cpu" and retain_freed_memory() else "system"
+    original = original_network(model).to(memory_format=layout).eval()
+    model = copy.deepcopy(model).to(memory_format=layout).eval()
+    inputs = [x.contiguous(memory_format=layout) for x in inputs]
 
     def run_all(net: nn.Module) -> Callable[[], None]:
         def call() -> None:
@@ -325,7 +353,8 @@ def _measure_latency(model: nn.Module, inputs: list[torch.Tensor], option: tuple
     with forced_policy(model, option) if option is not None else contextlib.nullcontext():
         timings = measure_interleaved({"original": run_all(original), "adaptive": run_all(model)}, device, warmup,
                                       repeats)
-    return Latency(*(_per_clip(timings[name], len(inputs)) for name in ("original", "adaptive")), clips=len(inputs))
+    return Latency(*(_per_clip(timings[name], len(inputs)) for name in ("original", "adaptive")), clips=len(inputs),
+                   layout="channels-last" if layout == torch.channels_last_3d else "contiguous", malloc=malloc)
 
 
 def _per_clip(timing: Timing, clips: int) -> Timing:

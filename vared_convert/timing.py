@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Timing", "measure", "measure_interleaved", "resolve_device"]
+__all__ = ["Timing", "measure", "measure_interleaved", "resolve_device", "retain_freed_memory"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,25 @@ class Timing:
     def to_dict(self) -> dict:
         return {"median_ms": self.median_ms, "min_ms": self.min_ms, "max_ms": self.max_ms, "repeats": self.repeats,
                 "device": self.device, "threads": self.threads}
+
+
+def retain_freed_memory() -> bool:
+    """Tell glibc's allocator to keep freed memory for reuse (no mmap for large blocks, no trimming), as jemalloc
+    or tcmalloc do in CPU serving; returns whether it could (glibc only).
+
+    With glibc's defaults every large tensor is mmap-ed and given back to the OS when freed, and the next one
+    page-faults its memory in again: a fixed cost per layer and call (30 ms for a 12.8 MB map on a VM here) that
+    hits the original and the adaptive model alike and hides savings. ``benchmarks/bench_speed.py --malloc
+    retain`` sets the same two options through ``GLIBC_TUNABLES``.
+    """
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def resolve_device(name: str = "auto") -> torch.device:
