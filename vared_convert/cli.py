@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -603,6 +604,7 @@ def demo(
     quick: Annotated[bool, typer.Option("--quick", help="A smaller run that shows the flow (about 2 minutes on 2 cores; the full one takes about 4).")] = False,
     force: Annotated[bool, typer.Option(help="Reuse a non-empty --out folder.")] = False,
     as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON to this file.")] = None,
+    granularity: Annotated[str, typer.Option(help="vared convert --granularity: block or conv.")] = "block",
 ) -> None:
     """The whole tool end to end on a synthetic dataset: train, convert, finetune, profile, export (CPU, no download)."""
     from rich.panel import Panel
@@ -624,7 +626,8 @@ def demo(
         return lambda n: bars.advance(task, n)
 
     with bars:
-        result = run_demo(out, QUICK if quick else FULL, force=force, on_step=on_step, progress=progress,
+        settings = dataclasses.replace(QUICK if quick else FULL, granularity=granularity)
+        result = run_demo(out, settings, force=force, on_step=on_step, progress=progress,
                           on_finetune_event=display.on_event)
 
     console.rule("[bold]Summary")

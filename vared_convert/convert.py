@@ -549,6 +549,54 @@ def _example(shape: Sequence[int], like: nn.Module, batch: int = 1) -> torch.Ten
     return torch.randn(batch, *shape, generator=generator).to(device)
 
 
+def _runs(model: nn.Module, shape: Sequence[int], like: torch.Tensor) -> bool:
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *shape, dtype=like.dtype, device=like.device))
+        return True
+    except Exception:
+        return False
+
+
+def _smallest_clip(model: nn.Module, shape: Sequence[int], like: torch.Tensor) -> tuple[int, ...] | None:
+    """The smallest clip (frames, square size) on which ``model`` runs, found by growing the clip until it runs and
+    then bisecting each of frames and size; ``None`` when even a large clip does not run."""
+    c, t, h, w = shape
+    size = max(h, w)
+    for _ in range(6):
+        if _runs(model, (c, t, size, size), like):
+            break
+        t, size = t * 2, size * 2
+    else:
+        return None
+
+    def lowest(fits, high: int) -> int:
+        low = 0  # fits(high) holds; find the smallest value in (low, high] that fits
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if fits(middle) else (middle, high)
+        return high
+
+    size = lowest(lambda v: _runs(model, (c, t, v, v), like), size)
+    t = lowest(lambda v: _runs(model, (c, v, size, size), like), t)
+    return c, t, size, size
+
+
+def _check_clip(model: nn.Module, example: torch.Tensor) -> None:
+    """A clip too small for the architecture is a one-line error naming the smallest one that runs."""
+    try:
+        with torch.no_grad():
+            model(example)
+        return
+    except Exception as exc:
+        why = _one_line(exc)
+    shape = tuple(example.shape[1:])
+    smallest = _smallest_clip(model, shape, example)
+    where = "" if smallest is None else f"; the smallest clip it runs on is {','.join(map(str, smallest))}"
+    raise VaredError(f"the model does not run on a clip of shape {','.join(map(str, shape))} ({why}){where}; "
+                     f"choose --input-shape C,T,H,W accordingly")
+
+
 @torch.no_grad()
 def verify_full_path(original: nn.Module, adaptive: nn.Module, example: torch.Tensor) -> float:
     """Max abs difference between the original and the adaptive model with every gate forced to full."""
@@ -612,6 +660,7 @@ def convert(
     original = model.eval()
     example = _example(shape, original)
     try:
+        _check_clip(original, example)
         sites, analysis, trace_failure = analyse_convs(original, example)
         if not sites:
             raise VaredError("the model has no Conv3d layer to make adaptive")

@@ -48,6 +48,7 @@ class DemoSettings:
     flops_weight: float = 100.0
     tau_end: float = 0.1  # anneal the Gumbel temperature far, so the soft mixture ends close to one option
     export_dynamic: bool = True
+    granularity: str = "block"  # vared convert --granularity
 
 
 FULL = DemoSettings(train_per_class=24, val_per_class=24, baseline_epochs=12, baseline_clips=6, finetune_epochs=16,
@@ -176,7 +177,7 @@ def run_demo(
     converted_path = out / "baseline_vared.pth"
     shape = (3, s.frames, s.size, s.size)
     convert_checkpoint(baseline_path, converted_path, ARCH, num_classes=len(classes), input_shape=shape,
-                                    class_names=classes, force=True)
+                       class_names=classes, force=True, granularity=s.granularity)
 
     on_step("4. Finetune", f"learning the gates and cheap ops to a FLOPs target of {s.target_flops} (CE + "
                            "distillation from the full path + λ·(F − τ)²), the backbone frozen")
@@ -222,7 +223,7 @@ def run_demo(
 
     commands = [
         f"vared convert {baseline_path} --arch {ARCH} --num-classes {len(classes)} --input-shape "
-        f"{','.join(map(str, shape))} --out {converted_path}",
+        f"{','.join(map(str, shape))} --granularity {s.granularity} --out {converted_path}",
         f"vared finetune {converted_path} --data {data} --target-flops {s.target_flops} --epochs {s.finetune_epochs} "
         f"--warmup-epochs {s.warmup_epochs} --frames {s.frames} --stride {s.stride} --size {s.size} "
         f"--batch-size {s.batch_size} --train-clips {s.finetune_clips} --lr {s.lr} --flops-weight {s.flops_weight} "
