@@ -341,14 +341,20 @@ def main(argv: list[str] | None = None) -> int:
                                             device, dtype, layout, repeats)
                         print(f"# {name} {granularity} eager batch {batch} done", file=sys.stderr, flush=True)
                     for lowering in lowerings if "onnxruntime" in backends else []:
-                        rows += bench_onnx(name, granularity, original, adaptive, options, shape, batch, ratios,
-                                           repeats, Path(tmp), lowering)
+                        try:
+                            rows += bench_onnx(name, granularity, original, adaptive, options, shape, batch, ratios,
+                                               repeats, Path(tmp), lowering)
+                        except Exception as exc:  # e.g. the original network itself does not export
+                            print(f"# {name} {granularity} onnxruntime ({lowering}) batch {batch} FAILED: "
+                                  f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}", file=sys.stderr)
+                            continue
                         print(f"# {name} {granularity} onnxruntime ({lowering}) batch {batch} done", file=sys.stderr,
                               flush=True)
+                if not args.json:  # each model's rows as soon as they are measured
+                    print_table([r for r in rows if r.model == name and r.granularity == granularity])
+                    sys.stdout.flush()
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
-    else:
-        print_table(rows)
     return 0
 
 
