@@ -24,7 +24,8 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .arch import ArchSpec, default_input_shape
+from .arch import ArchSpec
+from .checks import number
 from .errors import VaredError
 from .flops import conv_macs, count_macs, gate_macs, option_costs
 from .nn import ConvOption, DynamicConv3d, channel_count, default_gate_hidden, forced_policy
@@ -365,21 +366,20 @@ class Conversion:
     report: ConversionReport
 
 
-def _parse_input_shape(input_shape: Sequence[int] | None, arch: ArchSpec | None) -> tuple[int, int, int, int]:
-    if input_shape is None and arch is not None:
-        input_shape = default_input_shape(arch.name)
-    if input_shape is None:
-        raise VaredError("give the clip shape used for analysis with --input-shape C,T,H,W (e.g. 3,16,112,112)")
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 4 or min(shape) < 1:
-        raise VaredError(f"--input-shape must be four positive integers C,T,H,W, got {shape}")
-    return shape  # type: ignore[return-value]
+def _parse_input_shape(model: nn.Module, input_shape: Sequence[int] | None,
+                       arch: ArchSpec | None) -> tuple[int, int, int, int]:
+    """The analysis clip: given, or the architecture's usual one; checked against the network first."""
+    from .shapes import check_clip_shape, resolve_clip_shape
+
+    shape = resolve_clip_shape(model, input_shape, arch=arch)
+    check_clip_shape(model, shape, arch=arch)
+    return shape
 
 
 def _validate_space(temporal: Sequence[int], channel: Sequence[float]) -> tuple[list[int], list[float]]:
     temporal, channel = [int(t) for t in temporal], [float(c) for c in channel]
-    if 1 not in temporal or any(t < 1 for t in temporal):
-        raise VaredError(f"--temporal must hold 1 (the full frame rate) and factors >= 1, got {temporal}")
+    if 1 not in temporal or any(not 1 <= t <= 64 for t in temporal):
+        raise VaredError(f"--temporal must hold 1 (the full frame rate) and factors from 1 to 64, got {temporal}")
     if 1.0 not in channel or any(not 0 < c <= 1 for c in channel):
         raise VaredError(f"--channel must hold 1 (every channel) and ratios in (0, 1], got {channel}")
     return sorted(set(temporal)), sorted(set(channel), reverse=True)
@@ -443,8 +443,9 @@ def convert(
         arch_spec = info.arch
     if any(isinstance(m, DynamicConv3d) for m in model.modules()):
         raise VaredError("the model is already converted (it holds DynamicConv3d layers)")
-    shape = _parse_input_shape(input_shape, arch_spec)
+    number("min_share", min_flops_share, 0, 1)
     temporal, channel = _validate_space(temporal, channel)
+    shape = _parse_input_shape(model, input_shape, arch_spec)
     was_training = model.training
     original = model.eval()
     example = _example(shape, original)
