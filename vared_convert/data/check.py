@@ -101,7 +101,7 @@ class DatasetReport:
             count = len(self.unreadable)
             title = f"{count} unreadable file{'s' if count > 1 else ''} (skipped in training)"
             bad = Table(title=title, title_justify="left")
-            bad.add_column(f"file (in {self.root})", overflow="fold")
+            bad.add_column(Text(f"file (in {self.root})"), overflow="fold")
             bad.add_column("split")
             bad.add_column("reason", style="red")
             for item in self.unreadable[:SHOWN_ROWS]:
