@@ -154,8 +154,9 @@ def check_cost(paths: list[Path], repeat: int) -> None:
 
     best = best_times({"first frame": first_frame, "verify": verify}, repeat)
     megabytes = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
-    print(f"data check per file ({megabytes:.1f} MB): first frame only {1000 * best['first frame'] / len(paths):.1f} ms, "
-          f"first frame + packet scan {1000 * best['verify'] / len(paths):.1f} ms")
+    first, verified = (1000 * best[name] / len(paths) for name in ("first frame", "verify"))
+    print(f"data check per file ({megabytes:.1f} MB): first frame only {first:.1f} ms, "
+          f"first frame + packet scan {verified:.1f} ms")
 
 
 def best_times(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:

@@ -179,7 +179,8 @@ def test_missing_videos_are_named(kinetics_with_missing: Path, monkeypatch: pyte
     data = json.loads(CliRunner().invoke(app, ["data", "check", str(kinetics_with_missing), "--json"]).stdout)
     assert data["splits"]["train"]["missing"] == 7 and data["splits"]["val"]["missing"] == 1
     assert [m["name"].split("_0")[0] for m in data["missing"]] == [f"gone{i}" for i in range(7)] + ["gone_val"]
-    assert data["missing"][-1] == {"name": "gone_val_000000_000010 or gone_val.*", "split": "val", "source": "k400.csv:10"}
+    assert data["missing"][-1] == {"name": "gone_val_000000_000010 or gone_val.*", "split": "val",
+                                   "source": "k400.csv:10"}
 
 
 def test_notes_and_class_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -170,7 +170,8 @@ def test_video_that_ends_before_its_annotated_window_is_skipped(tmp_path: Path) 
     records = [VideoRecord(path, 0, start=3.0, end=4.0), VideoRecord(path, 0, start=2.0, end=3.0)]
     for train in (False, True):
         dataset = VideoClipDataset(records, ["a"], train=train, frames=4, stride=1, **SMALL)
-        assert dataset[0] == {"failed": str(path), "reason": "the video ends at 2.40 s, before its annotated window 3-4 s"}
+        reason = "the video ends at 2.40 s, before its annotated window 3-4 s"
+        assert dataset[0] == {"failed": str(path), "reason": reason}
         assert all(20 <= i <= 23 for i in indices(dataset[1]))  # ends inside its window: clips from 2-2.4 s
 
 

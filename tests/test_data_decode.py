@@ -170,15 +170,16 @@ def non_reference(path: Path) -> set[int]:
     return {i for i, pts in enumerate(everything) if pts not in kept}
 
 
-def test_skipping_non_reference_frames_returns_the_same_frames(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [(48, 64), (240, 240)])  # slice threads; frame threads (57600 pixels)
+def test_skipping_non_reference_frames_returns_the_same_frames(tmp_path: Path, size: tuple[int, int]) -> None:
     rng = np.random.default_rng(0)
-    frames = rng.integers(0, 256, (34, 48, 64, 3), dtype=np.uint8)  # noise: any wrong frame shows
+    frames = rng.integers(0, 256, (34, *size, 3), dtype=np.uint8)  # noise: any wrong frame shows
     path = write_video(tmp_path / "v.mp4", frames, fps=10, gop=40, codec_options=FIXED_B_FRAMES)
     assert len(non_reference(path)) > 20
     reads = [sorted(rng.uniform(0, 3.6, 4)) for _ in range(12)] + [[2.25, 2.45, 2.65, 2.85, 3.05], [3.0, 99.0]]
     decoded = {}
     for skip in (True, False):
-        with VideoReader(path, skip_nonref=skip) as reader:
+        with VideoReader(path, threads=2, skip_nonref=skip) as reader:
             decoded[skip] = reader.frames_decoded, [reader.read(times, short_side=24) for times in reads]
             decoded[skip] = reader.frames_decoded, decoded[skip][1]
     (skipping, got), (plain, expected) = decoded[True], decoded[False]

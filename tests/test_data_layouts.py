@@ -77,7 +77,7 @@ def test_lists_integer_labels_without_names_are_numbered(tmp_path: Path) -> None
     index = index_dataset(tmp_path)
     assert index.classes == ["0", "1", "2", "3"]
     assert [r.label for r in index.splits["train"]] == [3, 1]
-    with pytest.raises(VaredError, match="label 3 is out of range for 2 classes"):
+    with pytest.raises(VaredError, match=r"label 3 is out of range for the 2 classes \(0..1\)"):
         index_dataset(tmp_path, class_names=["x", "y"])
 
 
@@ -275,7 +275,7 @@ def test_one_based_labels_with_a_numbered_class_index(tmp_path: Path) -> None:
     assert index.classes == ["ApplyEyeMakeup", "ApplyLipstick", "Archery"] and index.notes == []
     assert [r.label for r in index.splits["train"]] == [0, 2] and [r.label for r in index.splits["val"]] == [1]
     (tmp_path / "train.txt").write_text("v/a.avi 1\nv/b.avi 0\n")  # 0 is no class when counting from 1
-    with pytest.raises(VaredError, match=r"train.txt:2: label 0 is out of range for the 3 classes of classInd.txt \(1..3\)"):
+    with pytest.raises(VaredError, match=r"train.txt:2: label 0 is out of range for the 3 classes of classInd.txt"):
         index_dataset(tmp_path)
 
 
@@ -382,7 +382,8 @@ def test_hmdb51_split_files_as_published(tmp_path: Path) -> None:
     (splits / "brush_hair_test_split1.txt").write_text("Brushing_my_hair_1.avi 1 \nBrushing_hair_2.avi 2 \nx.avi 0 \n")
     (splits / "cartwheel_test_split1.txt").write_text("Cartwheel_[x]_3.avi 2 \n")
     (splits / "cartwheel_test_split2.txt").write_text("Cartwheel_[x]_3.avi 1 \n")
-    for name in ["brush_hair/Brushing_my_hair_1.avi", "brush_hair/Brushing_hair_2.avi", "cartwheel/Cartwheel_[x]_3.avi"]:
+    for name in ["brush_hair/Brushing_my_hair_1.avi", "brush_hair/Brushing_hair_2.avi",
+                 "cartwheel/Cartwheel_[x]_3.avi"]:
         touch(tmp_path / "hmdb51_org" / name)
     index = index_dataset(tmp_path)
     assert index.layout == "hmdb51" and index.classes == ["brush_hair", "cartwheel"]

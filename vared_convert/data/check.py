@@ -94,7 +94,8 @@ class DatasetReport:
         missing = [m for split_missing in self.missing.values() for m in split_missing]
         if missing:
             shown = ", ".join(str(m) for m in missing[:SHOWN_MISSING])
-            more = f", ... ({len(missing) - SHOWN_MISSING} more; --json lists all)" if len(missing) > SHOWN_MISSING else ""
+            extra = len(missing) - SHOWN_MISSING
+            more = f", ... ({extra} more; --json lists all)" if extra > 0 else ""
             count = f"{len(missing)} annotated video{'s are' if len(missing) > 1 else ' is'} not on disk"
             parts.append(Text(f"{count}: {shown}{more}", style="yellow"))
         if self.unreadable:

@@ -183,58 +183,57 @@ def _index_lists(root: Path, class_names: list[str] | None, num_classes: int | N
     for path, row in located:
         if row.label is None:
             raise VaredError(f"{path}:{row.line}: expected 'path label', got '{row.path}'")
-    integer = _labels_are_integers(located)
     notes: list[str] = []
+    classes, label_of = _list_classes(root, located, class_names, num_classes, notes)
+    outside: list[str] = []
+    splits = {
+        split: [VideoRecord(_video_path(root, files[split], row, outside), label_of(files[split], row))
+                for row in split_rows]
+        for split, split_rows in rows.items()
+    }
+    if outside:
+        notes.append(f"{len(outside)} list entries are outside {root} (absolute paths), e.g. "
+                     + ", ".join(outside[:SHOWN_IN_NOTES]))
+    return VideoIndex(classes, splits, "lists", notes=notes)
+
+
+def _list_classes(
+    root: Path,
+    located: list[tuple[Path, ListRow]],
+    class_names: list[str] | None,
+    num_classes: int | None,
+    notes: list[str],
+) -> tuple[list[str], Callable[[Path, ListRow], int]]:
+    """The class list of a lists layout and a function giving each row's label (see the module's docstring)."""
+    integer = _labels_are_integers(located)
     class_path = find_class_file(root)
-    class_file = read_class_file(class_path) if class_path else None
-    if integer and class_file is None and class_names is None:
-        highest = max((int(row.label) for _, row in located), default=0)  # type: ignore[arg-type]
+    numbering = read_class_file(class_path) if class_path else None
+    if integer and numbering is None:  # integers index the model's classes, or classes named "0", "1", ...
+        highest = max(int(row.label) for _, row in located)  # type: ignore[arg-type]
         count = num_classes or highest + 1
-        class_file = ClassFile(None, [str(i) for i in range(count)], 0)
-        if num_classes is None:
+        numbering = ClassFile(None, class_names or [str(i) for i in range(count)], 0)
+        if class_names is None and num_classes is None:
             lowest = min(int(row.label) for _, row in located)  # type: ignore[arg-type]
             one_based = " (no label is 0: if they count from 1, number classInd.txt lines from 1)" if lowest > 0 else ""
             notes.append(
                 f"no class names: {count} classes, numbered 0..{count - 1}, from the highest label ({highest}) + 1"
                 f"{one_based}; name them in {root / 'classes.txt'} (one per line) or give the count"
             )
-    names_of = class_file.names if class_file else None
-    if integer and names_of is None:  # integers index the model's class list directly
-        classes = list(class_names)  # type: ignore[arg-type]
-        label_of = None
+    if integer:
+        found = {numbering.names[_numbered(path, row, numbering)] for path, row in located}  # type: ignore[union-attr]
     else:
-        if integer:
-            labels = {_numbered(path, row, class_file) for path, row in located}  # type: ignore[arg-type]
-        else:
-            labels = {row.label for _, row in located}  # type: ignore[misc]
-            if class_file is not None:
-                unknown = sorted(labels - set(class_file.names))
-                if unknown:
-                    raise VaredError(f"class '{unknown[0]}' of the list files is not in {class_file.path}")
-        if class_names is not None:
-            classes = resolve_classes(labels, class_names)
-        else:
-            classes = class_file.names if class_file else resolve_classes(labels, None)
-        label_of = {name: i for i, name in enumerate(classes)}
-    outside: list[str] = []
-    splits: dict[str, list[VideoRecord]] = {}
-    for split, split_rows in rows.items():
-        records = []
-        for row in split_rows:
-            if label_of is None:
-                index = int(row.label)  # type: ignore[arg-type]
-                if not 0 <= index < len(classes):
-                    raise VaredError(
-                        f"{files[split]}:{row.line}: label {index} is out of range for {len(classes)} classes"
-                    )
-            else:
-                index = label_of[_numbered(files[split], row, class_file) if integer else row.label]  # type: ignore
-            records.append(VideoRecord(_video_path(root, files[split], row, outside), index))
-        splits[split] = records
-    if outside:
-        notes.append(f"{len(outside)} list entries are outside {root} (absolute paths), e.g. "
-                     + ", ".join(outside[:SHOWN_IN_NOTES]))
-    return VideoIndex(classes, splits, "lists", notes=notes)
+        found = {row.label for _, row in located}  # type: ignore[misc]
+        unknown = sorted(found - set(numbering.names)) if numbering else []
+        if unknown:
+            raise VaredError(f"class '{unknown[0]}' of the list files is not in {numbering.path}")  # type: ignore
+    if class_names is not None:
+        classes = resolve_classes(found, class_names)
+    else:
+        classes = numbering.names if numbering else resolve_classes(found, None)
+    position = {name: i for i, name in enumerate(classes)}
+    if integer:
+        return classes, lambda path, row: position[numbering.names[_numbered(path, row, numbering)]]  # type: ignore
+    return classes, lambda path, row: position[row.label]  # type: ignore[index]
 
 
 def _labels_are_integers(located: list[tuple[Path, ListRow]]) -> bool:
@@ -251,16 +250,17 @@ def _labels_are_integers(located: list[tuple[Path, ListRow]]) -> bool:
     return integer
 
 
-def _numbered(path: Path, row: ListRow, class_file: ClassFile) -> str:
-    """The class name an integer label gives through a class file."""
-    index = int(row.label) - class_file.base  # type: ignore[arg-type]
-    if not 0 <= index < len(class_file.names):
-        first, count = class_file.base, len(class_file.names)
-        of = f" of {class_file.path.name}" if class_file.path else ""
+def _numbered(path: Path, row: ListRow, numbering: ClassFile) -> int:
+    """The index into ``numbering``'s names that an integer label gives; a `VaredError` out of range."""
+    index = int(row.label) - numbering.base  # type: ignore[arg-type]
+    if not 0 <= index < len(numbering.names):
+        first, count = numbering.base, len(numbering.names)
+        of = f" of {numbering.path.name}" if numbering.path else ""
         raise VaredError(
-            f"{path}:{row.line}: label {row.label} is out of range for the {count} classes{of} ({first}..{first + count - 1})"
+            f"{path}:{row.line}: label {row.label} is out of range for the {count} classes{of} "
+            f"({first}..{first + count - 1})"
         )
-    return class_file.names[index]
+    return index
 
 
 def _video_path(root: Path, list_file: Path, row: ListRow, outside: list[str]) -> Path:

@@ -163,7 +163,7 @@ def index_ucf101(root: Path, class_names: list[str] | None, split_number: int = 
             folder_class = by_lower.get(Path(row.path).parent.name.lower())
             if row.label is None:
                 if folder_class is None:
-                    raise VaredError(f"{source}: no label, and the folder of '{row.path}' is not a class of classInd.txt")
+                    raise VaredError(f"{source}: no label, and the folder of '{row.path}' is no class of classInd.txt")
                 name = folder_class
             else:
                 name = _numbered_name(row.label, class_file.base, names, source)
