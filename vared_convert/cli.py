@@ -499,10 +499,12 @@ def data() -> None:
 @data_app.command("check")
 def data_check(
     root: Annotated[Path, typer.Argument(help="Dataset folder.", show_default=False)],
-    layout: Annotated[str, typer.Option(help="auto, folders, lists or kinetics.")] = "auto",
+    layout: Annotated[str, typer.Option(help="auto, folders, lists, kinetics, ucf101[:N], hmdb51[:N] or ssv2.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of tables.")] = False,
+    classes: Annotated[Optional[Path], typer.Option(help="Class names, one per line (integer label i is line i).")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Class count, for integer labels without names.")] = None,
 ) -> None:
-    """Index a dataset and try to decode every video (header and first frame)."""
+    """Index a dataset and try every video (first frame decoded, every packet read: truncated files are found)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .data.check import check_dataset
@@ -510,7 +512,8 @@ def data_check(
     columns = (TextColumn("checking videos"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task("check", total=None)
-        report = check_dataset(root, layout, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        report = check_dataset(root, layout, progress=lambda done, total: bar.update(task, completed=done, total=total),
+                               class_names=read_class_names(classes), num_classes=num_classes)
     if as_json:
         print_json(report.to_dict())
     else:
