@@ -23,6 +23,7 @@ import torch
 
 from cli_checks import assert_refused, run_cli, snapshot
 from finetune_helpers import converted_tiny, tiny_dataset
+from videos import write_broken_files
 from vared_convert.baseline import tiny_c3d
 
 MARKER = "PWNED"  # what every code-running payload below would create in the workspace
@@ -82,6 +83,19 @@ def ws(tmp_path_factory) -> Path:
     torch.save({**raw, "state_dict": [1, 2, 3]}, root / "bad_weights.pth")
     torch.save({**raw, "recipe": {**raw["recipe"], "layers": [{**raw["recipe"]["layers"][0], "name": "nope.conv"}]}},
                root / "recipe_names_nothing.pth")
+    video = next((root / "data" / "val").rglob("*.mp4"))
+    for name, lines, encoding in [("latin1_list", ["a.mp4 caf\xe9", "b.mp4 na\xefve"], "latin-1"),
+                                  ("negative_label", ["a.mp4 0", "b.mp4 -1"], "utf-8"),
+                                  ("escaping_path", ["../../etc/passwd 0", "a.mp4 1"], "utf-8"),
+                                  ("label_20", ["a.mp4 0", "b.mp4 20"], "utf-8")]:
+        (root / name).mkdir()
+        for copy in ("a.mp4", "b.mp4"):
+            shutil.copy(video, root / name / copy)
+        for split in ("train", "val"):
+            (root / name / f"{split}.txt").write_bytes(("\n".join(lines) + "\n").encode(encoding))
+    for split in ("train", "val"):  # the same 8 classes, and nothing in it decodes
+        for cls in sorted(p.name for p in (root / "data" / "val").iterdir() if p.is_dir()):
+            write_broken_files(root / "all_corrupt" / split / cls)
     (root / "latin1_classes.txt").write_bytes("caf\xe9\nna\xefve\n".encode("latin-1"))
     (root / "bad.yaml").write_text("lr: abc\n")
     (root / "not_yaml.yaml").write_text("lr: [1, 2\n")
@@ -298,6 +312,37 @@ BAD_ARGUMENTS = [
 @pytest.mark.parametrize("case", BAD_ARGUMENTS, ids=[" ".join(c[0][:1] + c[0][2:])[:60] for c in BAD_ARGUMENTS])
 def test_bad_arguments(ws, case):
     _check(ws, *case)
+
+
+# ------------------------------------------------------------------------------------------- datasets
+DATASETS = [
+    ("nowhere", "no such dataset directory"),
+    ("empty_data", "no videos"),
+    ("latin1_list", "not UTF-8 text"),
+    ("negative_label", "label -1"),
+    ("escaping_path", "leaves the dataset folder"),
+    ("all_corrupt", "decoded"),
+]
+DATA_COMMANDS = {
+    "data check": lambda d: ("data", "check", d),
+    "evaluate": lambda d: ("evaluate", "model.pth", "--data", d, "--workers", "0"),
+    "profile": lambda d: ("profile", "model.pth", "--data", d, "--workers", "0"),
+    "export": lambda d: ("export", "model.pth", "--onnx", "o.onnx", "--static-policy", "--data", d, "--workers", "0"),
+    "finetune": lambda d: ("finetune", "model.pth", "--data", d, "--workers", "0", "--run-dir", "run"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(DATA_COMMANDS))
+@pytest.mark.parametrize("folder,needle", DATASETS, ids=[d for d, _ in DATASETS])
+def test_datasets(ws, command, folder, needle):
+    if folder == "all_corrupt" and command in ("profile", "export"):
+        needle = "no clip"
+    _check(ws, DATA_COMMANDS[command](folder), needle)
+
+
+def test_labels_beyond_the_head(ws):
+    _check(ws, ("evaluate", "model.pth", "--data", "label_20", "--workers", "0"), "has 21 classes but the model's head")
+    _check(ws, ("finetune", "model.pth", "--data", "label_20", "--workers", "0"), "--reset-head")
 
 
 # ------------------------------------------------------------------------------------------- outputs

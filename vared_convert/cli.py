@@ -252,7 +252,7 @@ def profile(
                                                 "decide on its clips.")] = None,
     clips: Annotated[int, typer.Option(help="With --data: how many clips to run.")] = 64,
     split: Annotated[str, typer.Option(help="With --data: the split to read.")] = "val",
-    layout: Annotated[str, typer.Option(help="With --data: auto, folders, lists, kinetics.")] = "auto",
+    layout: Annotated[str, typer.Option(help="With --data: auto, folders, lists, kinetics, ucf101[:N], hmdb51[:N] or ssv2.")] = "auto",
     stride: Annotated[int, typer.Option(help="With --data: frames between sampled frames.")] = 4,
     workers: Annotated[int, typer.Option(help="With --data: decoding processes.")] = 2,
     latency: Annotated[bool, typer.Option("--latency", help="Also time original and adaptive on the same inputs.")] = False,
@@ -318,7 +318,7 @@ def finetune(
     size: Annotated[Optional[int], typer.Option(help=f"Crop size in pixels. {_d('size')}")] = None,
     train_clips: Annotated[Optional[int], typer.Option(help=f"Random clips per video per epoch. {_d('train_clips')}")] = None,
     val_clips: Annotated[Optional[int], typer.Option(help=f"Clips per video for validation. {_d('val_clips')}")] = None,
-    layout: Annotated[Optional[str], typer.Option(help=f"Dataset layout: auto, folders, lists, kinetics. {_d('layout')}")] = None,
+    layout: Annotated[Optional[str], typer.Option(help=f"Dataset layout: auto, folders, lists, kinetics, ucf101[:N], hmdb51[:N] or ssv2. {_d('layout')}")] = None,
     train: Annotated[Optional[str], typer.Option(help=f"What trains: gates (gates and cheap ops) or all (the backbone too). {_d('train')}")] = None,
     lr: Annotated[Optional[float], typer.Option(help=f"Learning rate of gates and cheap ops. {_d('lr')}")] = None,
     backbone_lr_scale: Annotated[Optional[float], typer.Option(help=f"Backbone lr = lr × this (with --train all). {_d('backbone_lr_scale')}")] = None,
@@ -397,7 +397,7 @@ def export(
     data: Annotated[Optional[str], typer.Option(help="Static policy: each layer's most frequent gate decision "
                                                 "over this dataset's clips.")] = None,
     split: Annotated[str, typer.Option(help="Split of --data to read.")] = "val",
-    layout: Annotated[str, typer.Option(help="Layout of --data: auto, folders, lists, kinetics.")] = "auto",
+    layout: Annotated[str, typer.Option(help="Layout of --data: auto, folders, lists, kinetics, ucf101[:N], hmdb51[:N] or ssv2.")] = "auto",
     max_clips: Annotated[int, typer.Option(help="Clips of --data to decide from (at most).")] = 256,
     batch_size: Annotated[int, typer.Option(help="Clips per batch when reading --data.")] = 8,
     workers: Annotated[int, typer.Option(help="Decoding processes for --data.")] = 2,
@@ -453,7 +453,7 @@ def evaluate(
                                                 "never runs unless you name it.")] = None,
 
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
-    layout: Annotated[str, typer.Option(help="Dataset layout: auto, folders, lists, kinetics.")] = "auto",
+    layout: Annotated[str, typer.Option(help="Dataset layout: auto, folders, lists, kinetics, ucf101[:N], hmdb51[:N] or ssv2.")] = "auto",
     clips_per_video: Annotated[int, typer.Option(help="Clips per video, spread evenly (video top-1 averages "
                                                  "their logits).")] = 1,
     frames: Annotated[Optional[int], typer.Option(help="Frames per clip \\[default: the recipe's].")] = None,

@@ -21,7 +21,7 @@ class FinetuneConfig:
     """What `vared finetune` does. Field docs double as the CLI's help lines."""
 
     data: str = ""  # dataset root (any layout the data pipeline reads)
-    layout: str = "auto"  # auto, folders, lists or kinetics
+    layout: str = "auto"  # auto, folders, lists, kinetics, ucf101[:N], hmdb51[:N] or ssv2 (checked by the index)
     target_flops: float = 0.6  # τ: the FLOPs ratio to reach, adaptive over original
     epochs: int = 10
     batch_size: int = 8
@@ -75,8 +75,7 @@ class FinetuneConfig:
         for name in ("distill_temperature", "tau_start", "tau_end"):
             number(name, getattr(self, name), above=0)
         for name, allowed in (("train", ("gates", "all")), ("relaxation", ("hard", "soft")),
-                              ("amp", ("auto", "bf16", "fp16", "off")), ("layout", ("auto", "folders", "lists",
-                                                                                   "kinetics"))):
+                              ("amp", ("auto", "bf16", "fp16", "off"))):
             if getattr(self, name) not in allowed:
                 raise ArgumentError(flag_name(name), getattr(self, name), f"must be one of {', '.join(allowed)}")
         if self.warmup_epochs >= self.epochs:

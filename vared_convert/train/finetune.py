@@ -194,12 +194,18 @@ def finetune(
                             run_dir, emit)
         if state is not None:
             trainer.resume(resume)
+        new_folder = not run_dir.exists()
         if runtime.is_main:  # every check passed: the run's files may be written now
             run_dir.mkdir(parents=True, exist_ok=True)
             with atomic_output(run_dir / "config.yaml", force=True) as tmp:
                 tmp.write_text(yaml.safe_dump({**cfg.to_dict(), "model": str(model_path), "classes": classes},
                                               sort_keys=False))
-        last = trainer.fit()
+        try:
+            last = trainer.fit()
+        except VaredError:
+            if runtime.is_main and new_folder and trainer.step == 0 and not resume:
+                shutil.rmtree(run_dir, ignore_errors=True)  # it failed before training anything: leave nothing
+            raise
         interrupted = trainer.epoch < cfg.epochs and trainer.step < trainer.total_steps
         written = None
         if runtime.is_main and not interrupted and (run_dir / "best.pth").exists():
