@@ -174,11 +174,12 @@ def export_checkpoint(
     lowering: str = "none",
     force: bool = False,
     on_status: Callable[[str], None] | None = None,
-) -> tuple[Mapping[str, int] | None, list[Any]]:
+) -> tuple[Mapping[str, str] | None, list[Any]]:
     """``vared export``: write a model file as ONNX and/or ``.pt2``, dynamic or with a static policy (``option``
-    for every layer, or each layer's most frequent decision on ``data``), each verified. Returns the policy (None
-    for the dynamic model) and the ``ExportResult`` of each file."""
-    from .export import conv_function, export_model, policy_from_data
+    for every layer, or each layer's most frequent decision on ``data``), each verified. Returns the static
+    policy as each layer's option label (``"2,0.5"``; None for the dynamic model) and the ``ExportResult`` of
+    each file."""
+    from .export import conv_function, export_model, policy_from_data, policy_labels
     from .export import static_policy as fixed_policy
 
     if onnx is None and pt2 is None:
@@ -210,4 +211,4 @@ def export_checkpoint(
         on_status("exporting and verifying ...")
     results = export_model(model, onnx=onnx, pt2=pt2, policy=policy, input_shape=input_shape, verify=verify,
                            atol=atol, force=force, lowering=lowering, inputs=[model_path])
-    return policy, results
+    return (policy_labels(model, policy) if policy is not None else None), results

@@ -364,16 +364,11 @@ def finetune(
 
 
 # ---------------------------------------------------------------------------------------------- export
-def _policy_summary(model, policy: dict[str, int]) -> str:
+def _policy_summary(labels: dict[str, str]) -> str:
     """``2,0.5 ×12 · 1,1 ×4``: how many layers run each option of a static policy."""
     from collections import Counter
 
-    from .nn import dynamic_convs
-    from .profile import option_label
-
-    layers = dict(dynamic_convs(model))
-    labels = Counter(option_label(*layers[n].options[o].as_list(), layers[n].out_channels) for n, o in policy.items())
-    return " · ".join(f"{label} ×{count}" for label, count in labels.most_common())
+    return " · ".join(f"{label} ×{count}" for label, count in Counter(labels.values()).most_common())
 
 
 def _status(message: str, quiet: bool):
@@ -415,7 +410,6 @@ def export(
 ) -> None:
     """Export for serving: ONNX with conditional execution (If), a static-policy model, or a .pt2 program."""
     from .api import export_checkpoint
-    from .checkpoint import load_model
     from .profile import parse_option
 
     with _status("loading ...", quiet=as_json or not err_console.is_terminal) as status:
@@ -431,8 +425,7 @@ def export(
         return
     if policy is not None:
         source = f"--option {option}" if option else f"most frequent decisions on {data}"
-        console.print(escape(f"static policy ({source}): {_policy_summary(load_model(model_path, arch), policy)}"),
-                      highlight=False)
+        console.print(escape(f"static policy ({source}): {_policy_summary(policy)}"), highlight=False)
     for r in results:
         what = "dynamic: gates + If, batch 1" if r.policy == "dynamic" else "static policy, any batch"
         if r.lowering != "none":

@@ -128,7 +128,6 @@ def run_demo(
     from .baseline import tiny_c3d
     from .checkpoint import load_model, save_torch_file
     from .data.dataset import VideoClipDataset, make_loader
-    from .data.layouts import index_dataset
     from .data.synthetic import write_synthetic_dataset
     from .export import export_model, static_policy
     from .nn import forced_policy

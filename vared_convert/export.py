@@ -36,7 +36,7 @@ from .files import atomic_output, check_output_path
 from .nn import DynamicConv3d, dynamic_convs, option_index
 from .nn.dynamic_conv import Conv3dFunction
 from .nn.frame_conv import FrameConv3d, lowered_conv3d
-from .recipe import model_info, replace_module
+from .recipe import replace_module
 
 __all__ = [
     "ConditionalConv3d",
@@ -159,6 +159,15 @@ def static_policy(model: nn.Module, option: tuple[int, float]) -> dict[str, int]
     check_option(model, option)
     temporal, ratio = option
     return {name: option_index(layer, temporal, ratio) for name, layer in dynamic_convs(model)}
+
+
+def policy_labels(model: nn.Module, policy: Mapping[str, int]) -> dict[str, str]:
+    """Each layer's option of a static policy as the ``--option`` flag writes it (``"2,0.5"``)."""
+    from .profile import option_label
+
+    layers = dict(dynamic_convs(model))
+    return {name: option_label(*layers[name].options[index].as_list(), layers[name].out_channels)
+            for name, index in policy.items()}
 
 
 def policy_from_data(model: nn.Module, root: str, *, split: str = "val", layout: str = "auto",
