@@ -134,7 +134,7 @@ MODEL_FILES = [
     ("arch_traversal.pth", "user code ('torchvision:../../os:system')"),
     ("arch_download.pth", "failed"),
     ("arch_not_text.pth", "malformed vared model file"),
-    ("arch_user_code.pth", "pass --arch models_for_tests:tiny"),
+    ("arch_user_code.pth", "user code ('models_for_tests:tiny')"),
     ("version99.pth", "format version 99"),
     ("bad_recipe.pth", "malformed vared model file"),
     ("bad_weights.pth", "malformed vared model file"),

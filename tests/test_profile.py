@@ -107,7 +107,7 @@ def test_bad_options_and_shapes():
 def test_cli_profile_json_plot_and_errors(run_vared, tmp_path):
     model = convert(tiny(), (3, 8, 32, 32), arch=ArchSpec("models_for_tests:tiny")).model
     path = save_model(model, tmp_path / "m.pth")
-    assert_one_line_error(run_vared("profile", path), "pass --arch models_for_tests:tiny")  # user code: named only
+    assert_one_line_error(run_vared("profile", path), "user code ('models_for_tests:tiny')")  # user code: named only
     trust = ("--arch", "models_for_tests:tiny")
     proc = run_vared("profile", path, *trust, "--option", "2,0.5", "--latency", "--repeats", "2",
                      "--json", tmp_path / "r.json", "--plot", tmp_path / "s.png", check=True)

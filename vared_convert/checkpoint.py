@@ -231,8 +231,8 @@ def _spec_to_build(recorded: ArchSpec, arch: str | ArchSpec | None, source: str)
     if arch is None:
         if not is_registered(recorded.name):
             raise UntrustedArchError(
-                f"{source}: its architecture is user code ({recorded.name!r}), which vared imports and runs only "
-                f"when you name it; if you trust that code, pass --arch {recorded.name}"
+                f"{source}: its architecture is user code ({recorded.name!r}), which vared never imports or runs on "
+                "a file's word; if it is code you know and trust, name it with --arch"
             )
         return recorded
     if isinstance(arch, ArchSpec):
