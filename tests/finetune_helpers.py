@@ -27,7 +27,7 @@ def converted_tiny(path: Path, width: int = 8) -> Path:
     torch.manual_seed(0)
     model = tiny_c3d(num_classes=8, width=width)
     result = convert(model, (3, CLIP["frames"], CLIP["size"], CLIP["size"]),
-                     arch=ArchSpec("vared_convert.baseline:tiny_c3d", 8, {"width": width}))
+                     arch=ArchSpec("vared:tiny_c3d", 8, {"width": width}))
     return save_model(result.model, path)
 
 

@@ -159,7 +159,9 @@ def test_vared_checkpoint_round_trip_keeps_class_names(tmp_path):
     raw = torch.load(path, weights_only=True)
     assert raw["class_names"] == ["a", "b", "c", "d"]
     assert raw["recipe"]["input_shape"] == [3, 8, 32, 32]
-    loaded = load_model(path)
+    with pytest.raises(VaredError, match="user code .*models_for_tests:tiny.* name it with --arch"):
+        load_model(path)  # its architecture is the user's code: built only when named
+    loaded = load_model(path, ARCH)
     assert loaded.vared_info.class_names == ["a", "b", "c", "d"]
     assert [layer.name for layer in loaded.vared_info.recipe.layers] == [d.name for d in result.report.converted]
     with pytest.raises(VaredError, match="exists"):

@@ -24,6 +24,11 @@ class NoisyNet(TwoConvNet):
         return super().forward(x + torch.rand_like(x))
 
 
+# the models here are this file's own code: a vared file runs such code only when the user names it with --arch
+TWO_CONV = ("--arch", "test_export:two_conv_net")
+RGB = ("--arch", "test_export:rgb_two_conv_net")
+
+
 def noisy_net(num_classes: int = 3) -> nn.Module:
     return NoisyNet(num_classes)
 
@@ -43,14 +48,14 @@ def two_conv_file(tmp_path_factory):
 
 
 def test_export_writes_verified_dynamic_onnx_and_pt2(run_vared, two_conv_file, tmp_path):
-    proc = run_vared("export", two_conv_file, "--onnx", tmp_path / "m.onnx", "--pt2", tmp_path / "m.pt2", check=True)
+    proc = run_vared("export", two_conv_file, *TWO_CONV, "--onnx", tmp_path / "m.onnx", "--pt2", tmp_path / "m.pt2", check=True)
     assert proc.stdout.count("✓ verified") == 2 and "gates + If, batch 1" in proc.stdout
     assert "ONNX Runtime" in proc.stdout and "max abs difference" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.pt2"]
 
 
 def test_export_static_policy_json(run_vared, two_conv_file, tmp_path):
-    proc = run_vared("export", two_conv_file, "--onnx", tmp_path / "s.onnx", "--static-policy", "--option", "2,0.5",
+    proc = run_vared("export", two_conv_file, *TWO_CONV, "--onnx", tmp_path / "s.onnx", "--static-policy", "--option", "2,0.5",
                      "--json", check=True)
     data = json.loads(proc.stdout)
     (result,) = data["exports"]
@@ -60,10 +65,10 @@ def test_export_static_policy_json(run_vared, two_conv_file, tmp_path):
 
 
 def test_export_with_frame_lowering(run_vared, two_conv_file, tmp_path):
-    proc = run_vared("export", two_conv_file, "--onnx", tmp_path / "s.onnx", "--static-policy", "--option", "1,0.5",
+    proc = run_vared("export", two_conv_file, *TWO_CONV, "--onnx", tmp_path / "s.onnx", "--static-policy", "--option", "1,0.5",
                      "--conv-lowering", "frames", check=True)
     assert "convs lowered to frames" in proc.stdout and "✓ verified" in proc.stdout
-    bad = run_vared("export", two_conv_file, "--onnx", tmp_path / "b.onnx", "--conv-lowering", "im2col")
+    bad = run_vared("export", two_conv_file, *TWO_CONV, "--onnx", tmp_path / "b.onnx", "--conv-lowering", "im2col")
     assert_one_line_error(bad, "--conv-lowering must be one of none, frames")
     assert not (tmp_path / "b.onnx").exists()
 
@@ -71,7 +76,7 @@ def test_export_with_frame_lowering(run_vared, two_conv_file, tmp_path):
 def test_export_static_policy_from_data(run_vared, tmp_path):
     path = save_model(rgb_adaptive(), tmp_path / "m.pth")
     write_synthetic_dataset(tmp_path / "data", train_per_class=0, val_per_class=1, frames=16, size=32)
-    proc = run_vared("export", path, "--onnx", tmp_path / "s.onnx", "--static-policy", "--data", tmp_path / "data",
+    proc = run_vared("export", path, *RGB, "--onnx", tmp_path / "s.onnx", "--static-policy", "--data", tmp_path / "data",
                      "--workers", "0", check=True)
     assert "most frequent decisions" in proc.stdout and "1,1 ×2" in proc.stdout  # fresh gates: the full option
 
@@ -80,7 +85,7 @@ def test_failed_verification_exits_non_zero_and_writes_nothing(run_vared, tmp_pa
     result = convert(noisy_net(), SHAPE, arch="test_cli_export:noisy_net", convert_stem=True, min_flops_share=0,
                      verify=False)
     path = save_model(result.model, tmp_path / "noisy.pth")
-    proc = run_vared("export", path, "--onnx", tmp_path / "n.onnx", "--static-policy", "--option", "1,1")
+    proc = run_vared("export", path, "--arch", "test_cli_export:noisy_net", "--onnx", tmp_path / "n.onnx", "--static-policy", "--option", "1,1")
     assert_one_line_error(proc, "verification failed")
     assert not (tmp_path / "n.onnx").exists()
 
@@ -89,13 +94,13 @@ def test_export_and_evaluate_bad_inputs_are_one_line_errors(run_vared, two_conv_
     out = ["--onnx", tmp_path / "o.onnx"]
     (tmp_path / "taken.onnx").write_bytes(b"precious")
     cases = [
-        (["export", two_conv_file], "nothing to write"),
+        (["export", two_conv_file, *TWO_CONV], "nothing to write"),
         (["export", tmp_path / "missing.pth", *out], "no such file"),
-        (["export", two_conv_file, *out, "--option", "2,0.5"], "add --static-policy"),
-        (["export", two_conv_file, *out, "--static-policy"], "exactly one of --option"),
-        (["export", two_conv_file, *out, "--static-policy", "--option", "2"], "--option '2'"),
-        (["export", two_conv_file, "--onnx", tmp_path / "taken.onnx"], "--force"),
-        (["evaluate", two_conv_file, "--data", tmp_path / "nowhere"], "no such dataset directory"),
+        (["export", two_conv_file, *TWO_CONV, *out, "--option", "2,0.5"], "add --static-policy"),
+        (["export", two_conv_file, *TWO_CONV, *out, "--static-policy"], "exactly one of --option"),
+        (["export", two_conv_file, *TWO_CONV, *out, "--static-policy", "--option", "2"], "--option '2'"),
+        (["export", two_conv_file, *TWO_CONV, "--onnx", tmp_path / "taken.onnx"], "--force"),
+        (["evaluate", two_conv_file, *TWO_CONV, "--data", tmp_path / "nowhere"], "no such dataset directory"),
     ]
     for args, needle in cases:
         assert_one_line_error(run_vared(*args), needle)
@@ -106,10 +111,10 @@ def test_export_and_evaluate_bad_inputs_are_one_line_errors(run_vared, two_conv_
 def test_evaluate_prints_top1_and_flops_ratio(run_vared, tmp_path):
     path = save_model(rgb_adaptive(), tmp_path / "m.pth")
     write_synthetic_dataset(tmp_path / "data", train_per_class=0, val_per_class=1, frames=16, size=32)
-    proc = run_vared("evaluate", path, "--data", tmp_path / "data", "--workers", "0", "--clips-per-video", "2",
+    proc = run_vared("evaluate", path, *RGB, "--data", tmp_path / "data", "--workers", "0", "--clips-per-video", "2",
                      check=True)
     assert "top-1 clip" in proc.stdout and "top-1 video" in proc.stdout and "FLOPs ratio" in proc.stdout
-    proc = run_vared("evaluate", path, "--data", tmp_path / "data", "--workers", "0", "--json", check=True)
+    proc = run_vared("evaluate", path, *RGB, "--data", tmp_path / "data", "--workers", "0", "--json", check=True)
     data = json.loads(proc.stdout)
     assert data["clips"] == data["videos"] == len(CLASSES)
     assert 1 < data["flops_ratio"] < 1.05  # fresh gates: the full option, plus the gates themselves

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from videos import RAW, frame_indices, write_broken_files, write_video
@@ -89,21 +90,31 @@ def test_broken_files_are_skipped_reported_once_and_training_goes_on(folders: Pa
     dataset = VideoClipDataset(records, ["jump", "walk"], train=True, frames=4, stride=2, **SMALL)
     loader = make_loader(dataset, batch_size=3, workers=2, shuffle=True, seed=1)
     log = FailureLog(dataset.num_videos)
-    lines: list[str] = []
+    reported: list[tuple[str, str]] = []
     for epoch in range(2):
         decoded = []
         for batch in loader:
-            log.update(batch)
-            assert log.report(lines.append) == (len(batch["failed"]) if epoch == 0 else 0)
+            new = log.update(batch)  # what finetune reports: the files that failed for the first time
+            assert len(new) == (len(batch["failed"]) if epoch == 0 else 0)
+            reported += new
             if batch["clip"] is not None:
                 assert batch["clip"].shape[1:] == (3, 4, 32, 32)
                 assert batch["label"].shape == batch["video"].shape == (len(batch["path"]),)
                 decoded += batch["path"]
         assert sorted(decoded) == sorted(str(r.path) for r in good)
         assert log.count == len(broken)
-    assert len(lines) == len(broken)  # once per file, not once per epoch
-    assert sorted(line.split()[3].rstrip(":") for line in lines) == sorted(str(p) for p in broken.values())
+    assert sorted(path for path, _ in reported) == sorted(str(p) for p in broken.values())  # once each
+    assert dict(reported)[str(broken["empty"])] == "empty file (0 bytes)"
     assert log.decoded == 8 and log.new() == []
+
+
+def test_failure_log_report_writes_one_line_per_new_file() -> None:
+    log = FailureLog(total_videos=3)
+    log.add([("a.mp4", "missing file"), ("b.mp4", "no video stream")], decoded=1)
+    log.add([("a.mp4", "missing file")])
+    lines: list[str] = []
+    assert log.report(lines.append) == 2 and log.report(lines.append) == 0
+    assert lines == ["skipped unreadable video a.mp4: missing file", "skipped unreadable video b.mp4: no video stream"]
 
 
 def test_a_batch_where_everything_failed() -> None:
@@ -151,3 +162,26 @@ def test_clips_depend_on_seed_and_epoch_not_on_workers(folders: Path) -> None:
 def _concat(loader) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
     batches = list(loader)
     return torch.cat([b["clip"] for b in batches]), torch.cat([b["video"] for b in batches])
+
+
+def test_video_that_ends_before_its_annotated_window_is_skipped(tmp_path: Path) -> None:
+    """A Kinetics download that stops at 2.4 s, annotated 3-4 s: no clip of its last frame."""
+    path = write_video(tmp_path / "short.mp4", 24, fps=10)
+    records = [VideoRecord(path, 0, start=3.0, end=4.0), VideoRecord(path, 0, start=2.0, end=3.0)]
+    for train in (False, True):
+        dataset = VideoClipDataset(records, ["a"], train=train, frames=4, stride=1, **SMALL)
+        reason = "the video ends at 2.40 s, before its annotated window 3-4 s"
+        assert dataset[0] == {"failed": str(path), "reason": reason}
+        assert all(20 <= i <= 23 for i in indices(dataset[1]))  # ends inside its window: clips from 2-2.4 s
+
+
+def test_rotated_video_is_cropped_upright(tmp_path: Path) -> None:
+    """A phone video stored sideways (48 wide, 32 high) with a 90° display rotation; upright it is 32 x 48."""
+    upright = np.zeros((4, 48, 32, 3), np.uint8)
+    upright[:, :24] = 255  # the top half is white
+    path = write_video(tmp_path / "phone.mp4", np.ascontiguousarray(np.rot90(upright, -1, axes=(1, 2))), rotation=90)
+    dataset = VideoClipDataset([VideoRecord(path, 0)], ["a"], train=False, frames=2, stride=1, size=16,
+                               short_side=16, normalization=RAW)
+    clip = dataset[0]["clip"]  # upright 32 x 48 -> 16 x 24, centre crop rows 4-19
+    assert clip.shape == (3, 2, 16, 16)
+    assert clip[:, :, :4].mean() > 200 and clip[:, :, -4:].mean() < 50

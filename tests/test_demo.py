@@ -17,6 +17,7 @@ def test_quick_demo_runs_every_step_and_summarises(run_vared, tmp_path):
     for title in ("1. Data", "2. Baseline", "3. Convert", "4. Finetune", "5. Evaluate and profile", "6. Export",
                   "Summary", "What each class chose", "The same steps on your own model"):
         assert title in proc.stdout, title
+    assert "training the baseline" not in proc.stdout + proc.stderr  # a pipe or a log gets no progress bars
     summary = json.loads((tmp_path / "summary.json").read_text())
 
     # the baseline is what a user holds: a plain state_dict, loadable without unpickling code

@@ -147,8 +147,10 @@ def test_bad_requests_are_clear_errors(tmp_path):
     model = adaptive_two_conv()
     with pytest.raises(VaredError, match="nothing to write"):
         export_model(model)
-    with pytest.raises(VaredError, match="--option T,C"):
+    with pytest.raises(VaredError, match="--option 2,1.5 is not in this model's search space"):
         static_policy(model, (2, 1.5))
+    with pytest.raises(VaredError, match="--option 3,0.3 is not in this model's search space"):
+        static_policy(model, (3, 0.3))  # it once fell back to the full option and exported that
     with pytest.raises(VaredError, match="no adaptive layer"):
         export_model(two_conv_net(), onnx=tmp_path / "x.onnx", input_shape=SHAPE)
     (tmp_path / "taken.onnx").write_bytes(b"x")

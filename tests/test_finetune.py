@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -117,7 +118,7 @@ def test_cli_under_torchrun_and_ctrl_c(setup, run_vared, tmp_path):
     run.send_signal(signal.SIGINT)
     out, err = run.communicate(timeout=300)
     assert run.returncode == 130, err
-    assert "--resume" in out and (tmp_path / "sigint" / "last.pth").exists()
+    assert "--resume" in err and (tmp_path / "sigint" / "last.pth").exists()  # the one line on stderr
 
 
 def test_bad_inputs(setup, tmp_path):
@@ -143,3 +144,50 @@ def test_bad_inputs(setup, tmp_path):
     finetune(model, dict(CLIP, data=str(data), epochs=1, max_steps=1, run_dir=str(tmp_path / "c")))
     with pytest.raises(VaredError, match="already holds a run"):
         finetune(model, dict(CLIP, data=str(data), run_dir=str(tmp_path / "c")))
+
+
+def test_batch_one_trains_and_each_video_is_decided_alone(setup, tmp_path):
+    """Per-GPU batch 1 is common for big clips: the gates' normalisation uses running statistics only, so training
+    works at batch 1 and a video's decision never depends on the other videos in its batch."""
+    from vared_convert.nn import dynamic_convs
+
+    _, data, model = setup
+    result = finetune(model, dict(CLIP, data=str(data), batch_size=1, epochs=1, max_steps=3,
+                                  run_dir=str(tmp_path / "b1")))
+    assert result.run_dir.joinpath("last.pth").exists()
+    trained = load_model(model)
+    for _, layer in dynamic_convs(trained):
+        torch.nn.init.normal_(layer.gate.fc2.weight)  # gates that actually discriminate
+    trained.train()
+    gate = dynamic_convs(trained)[0][1].gate
+    clips = torch.randn(4, gate.in_channels, CLIP["frames"], 8, 8)
+    twin = copy.deepcopy(gate)  # the same state: a training call updates the running estimates afterwards
+    alone = gate(clips[:1])
+    in_batch = twin(clips)[:1]
+    assert torch.allclose(alone, in_batch, atol=1e-5)
+
+
+def test_divergence_keeps_a_finite_resumable_checkpoint(setup, tmp_path):
+    _, data, model = setup
+    run = tmp_path / "div"
+    with pytest.raises(VaredError, match="stopped") as caught:
+        finetune(model, dict(CLIP, data=str(data), epochs=6, lr=1e12, train="all", backbone_lr_scale=1.0,
+                             run_dir=str(run)))
+    message = str(caught.value)
+    if (run / "last.pth").exists():
+        assert str(run / "last.pth") in message and "resume it with a lower --lr" in message
+        state = load_training_state(run / "last.pth")
+        assert all(torch.isfinite(v).all() for v in state["model"]["state_dict"].values() if v.is_floating_point())
+    else:
+        assert "no checkpoint was saved" in message and "last.pth" not in message
+
+
+def test_a_refused_resume_leaves_the_run_untouched(setup, tmp_path):
+    _, data, model = setup
+    run = tmp_path / "run"
+    finetune(model, dict(CLIP, data=str(data), epochs=1, max_steps=1, run_dir=str(run)))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    other = converted_tiny(tmp_path / "other.pth", width=4)
+    with pytest.raises(VaredError, match="does not match"):
+        finetune(other, dict(CLIP, data=str(data), lr=0.5), resume=run / "last.pth", force=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before

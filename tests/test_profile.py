@@ -100,7 +100,7 @@ def test_bad_options_and_shapes():
         profile_model(model, option=(3, 0.5))
     with pytest.raises(VaredError, match="search space"):
         profile_model(model, option=(2, 0.3))
-    with pytest.raises(VaredError, match="rejects clips"):
+    with pytest.raises(VaredError, match="reads 3-channel clips, not 5"):
         profile_model(model, (5, 8, 32, 32))
     with pytest.raises(VaredError, match="converted model"):
         profile_model(tiny(), (3, 8, 32, 32), option=(2, 0.5))
@@ -109,13 +109,15 @@ def test_bad_options_and_shapes():
 def test_cli_profile_json_plot_and_errors(run_vared, tmp_path):
     model = convert(tiny(), (3, 8, 32, 32), arch=ArchSpec("models_for_tests:tiny")).model
     path = save_model(model, tmp_path / "m.pth")
-    proc = run_vared("profile", path, "--option", "2,0.5", "--latency", "--repeats", "2",
+    assert_one_line_error(run_vared("profile", path), "user code ('models_for_tests:tiny')")  # user code: named only
+    trust = ("--arch", "models_for_tests:tiny")
+    proc = run_vared("profile", path, *trust, "--option", "2,0.5", "--latency", "--repeats", "2",
                      "--json", tmp_path / "r.json", "--plot", tmp_path / "s.png", check=True)
     assert "FLOPs ratio" in proc.stdout and "time ratio" in proc.stdout and "GFLOPs = 10⁹ multiply-adds" in proc.stdout
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["latency"]["time_ratio"] > 0 and data["option"] == [2, 0.5]
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    proc = run_vared("profile", path, "--json", "-", check=True)
+    proc = run_vared("profile", path, *trust, "--json", "-", check=True)
     assert json.loads(proc.stdout)["mode"] == "static"
     plain = tmp_path / "plain.pth"
     torch.save(tiny().state_dict(), plain)
@@ -123,8 +125,8 @@ def test_cli_profile_json_plot_and_errors(run_vared, tmp_path):
                      check=True)
     assert json.loads(proc.stdout)["flops_ratio"] == 1.0
     for args, needle in [(["--option", "2,x"], "--option"), (["--option", "4,0.5"], "search space"),
-                         (["--input-shape", "5,8,32,32"], "rejects clips")]:
-        proc = run_vared("profile", path, *args)
+                         (["--input-shape", "5,8,32,32"], "reads 3-channel clips, not 5")]:
+        proc = run_vared("profile", path, *trust, *args)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert needle in proc.stderr.strip().splitlines()[-1]
 

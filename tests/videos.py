@@ -42,21 +42,34 @@ def write_video(
     codec: str = "libx264",
     gop: int | None = None,
     format: str | None = None,
+    bframes: int | None = None,
+    rotation: int = 0,
+    codec_options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
+    audio_seconds: float | None = None,
 ) -> Path:
     """Write ``frames`` (an array ``(T, H, W, 3)`` uint8, or a count of `index_frames`) to ``path``.
 
-    ``pts`` (seconds, one per frame) gives a variable frame rate; ``gop`` the key-frame interval.
+    ``pts`` (seconds, one per frame) gives a variable frame rate; ``gop`` the key-frame interval; ``bframes``
+    the most B-frames in a row; ``rotation`` a display rotation (degrees counter-clockwise) in the container;
+    ``audio_seconds`` adds a silent AAC track of that length.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(frames, int):
         frames = index_frames(frames)
-    with av.open(str(path), "w", format=format) as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
+    with av.open(str(path), "w", format=format, options=container_options or {}) as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000), options=codec_options)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         if gop:
             stream.codec_context.gop_size = gop
+        if bframes is not None:
+            stream.codec_context.max_b_frames = bframes
+        if rotation:
+            stream.set_display_rotation(rotation)
+        if audio_seconds:
+            _write_silence(container, audio_seconds)
         if pts is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
         for i, array in enumerate(frames):
@@ -68,6 +81,15 @@ def write_video(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def _write_silence(container: av.container.OutputContainer, seconds: float) -> None:
+    stream = container.add_stream("aac", rate=16000)
+    samples = np.zeros((1, int(16000 * seconds)), np.float32)
+    frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+    frame.sample_rate = 16000
+    for packet in [*stream.encode(frame), *stream.encode()]:
+        container.mux(packet)
 
 
 def write_audio_only(path: str | Path, seconds: float = 0.5) -> Path:

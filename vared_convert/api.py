@@ -1,18 +1,41 @@
-"""File-level operations behind the CLI commands, usable from Python too."""
+"""File-level operations behind the CLI commands, usable from Python too.
+
+Each checks its arguments and outputs before any work (an output is never an input, an existing one needs
+``force``, its folder must take a new file), then loads, works, and writes atomically. Errors are
+:class:`~vared_convert.errors.VaredError` subclasses whose message is the one line the CLI prints.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .arch import ArchSpec
-from .checkpoint import load_model, read_checkpoint, save_model, is_vared_checkpoint
+from .checkpoint import is_vared_checkpoint, load_model, model_from_checkpoint, read_checkpoint, save_model
+from .checks import integer, number
 from .convert import DEFAULT_CHANNEL, DEFAULT_GRANULARITY, DEFAULT_TEMPORAL, Conversion, convert
-from .errors import VaredError
-from .files import check_output_path
+from .errors import ArgumentError, VaredError
+from .files import atomic_output, check_output_path, same_file
 
-__all__ = ["convert_checkpoint"]
+__all__ = ["convert_checkpoint", "profile_checkpoint", "evaluate_checkpoint", "export_checkpoint", "write_json"]
+
+
+def write_json(path: str | os.PathLike, data: Any, force: bool = False,
+               inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Write ``data`` as indented JSON to ``path``, atomically."""
+    with atomic_output(path, force, inputs) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    return Path(path)
+
+
+def _distinct(outputs: Sequence[tuple[str, str | os.PathLike | None]]) -> None:
+    given = [(flag, path) for flag, path in outputs if path is not None]
+    for i, (flag, path) in enumerate(given):
+        for other_flag, other in given[i + 1 :]:
+            if same_file(path, other):
+                raise ArgumentError(other_flag, str(other), f"is also {flag}; give each output its own file")
 
 
 def convert_checkpoint(
@@ -36,15 +59,157 @@ def convert_checkpoint(
     granularity: str = DEFAULT_GRANULARITY,
 ) -> Conversion:
     """``vared convert``: load pretrained weights, convert, verify, and save the adaptive model atomically."""
-    check_output_path(out, force)
-    if Path(checkpoint).resolve() == Path(out).resolve():
-        raise VaredError("--out must differ from the input checkpoint")
-    model = load_model(checkpoint, ArchSpec(arch, num_classes), trust_pickle=trust_pickle,
-                       class_names=list(class_names) if class_names else None)
+    check_output_path(out, force, inputs=[checkpoint], what="--out")
+    if num_classes is not None:
+        integer("num_classes", num_classes, 1)
+    if time_aware:
+        from .timing import resolve_device
+
+        resolve_device(time_device)
+    raw = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
+    if is_vared_checkpoint(raw) and raw.get("recipe"):
+        raise VaredError(f"{checkpoint} is already a converted vared model; convert the original checkpoint")
+    model = model_from_checkpoint(raw, str(checkpoint), ArchSpec(arch, num_classes),
+                                  class_names=list(class_names) if class_names else None)
     result = convert(
         model, input_shape, arch=model.vared_info.arch, temporal=temporal, channel=channel, only=only, skip=skip,
         min_flops_share=min_flops_share, convert_stem=convert_stem, class_names=model.vared_info.class_names,
         time_aware=time_aware, time_device=time_device, granularity=granularity,
     )
-    save_model(result.model, out, force=force)
+    save_model(result.model, out, force=force, inputs=[checkpoint])
     return result
+
+
+def profile_checkpoint(
+    model_path: str | os.PathLike,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    trust_pickle: bool = False,
+    input_shape: Sequence[int] | None = None,
+    option: tuple[int, float] | None = None,
+    data: str | None = None,
+    clips: int = 64,
+    split: str = "val",
+    layout: str = "auto",
+    stride: int = 4,
+    workers: int = 2,
+    latency: bool = False,
+    device: str = "auto",
+    repeats: int = 10,
+    json_out: str | os.PathLike | None = None,
+    plot: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
+    """``vared profile``: per-layer FLOPs (and latency) of a model file, optionally on a dataset's clips; writes
+    the JSON report to ``json_out`` and the plot to ``plot`` when given. Returns the ``ProfileReport``."""
+    from .profile import profile_dataset, profile_model
+    from .timing import resolve_device
+
+    _distinct([("--json", json_out), ("--plot", plot)])
+    for flag, path in (("--json", json_out), ("--plot", plot)):
+        if path is not None:
+            check_output_path(path, force, inputs=[model_path], what=flag)
+    integer("repeats", repeats, 1)
+    if num_classes is not None:
+        integer("num_classes", num_classes, 1)
+    if data is not None:
+        integer("clips", clips, 1)
+        integer("stride", stride, 1)
+        integer("workers", workers, 0)
+    target = resolve_device(device)
+    model = load_model(model_path, arch, num_classes=num_classes, trust_pickle=trust_pickle).to(target)
+    if data is None:
+        report = profile_model(model, input_shape, option=option, latency=latency, repeats=repeats)
+    else:
+        report = profile_dataset(model, data, clips, split=split, layout=layout, stride=stride, workers=workers,
+                                 input_shape=input_shape, progress=progress, option=option, latency=latency,
+                                 repeats=repeats)
+    if json_out is not None:
+        write_json(json_out, report.to_dict(), force=True, inputs=[model_path])
+    if plot is not None:
+        from .plots import plot_layer_savings
+
+        plot_layer_savings(report, plot, inputs=[model_path])
+    return report
+
+
+def evaluate_checkpoint(
+    model_path: str | os.PathLike,
+    data: str,
+    *,
+    arch: str | None = None,
+    device: str = "auto",
+    on_batch: Callable[[int], None] | None = None,
+    **loader_options: Any,
+) -> Any:
+    """``vared evaluate``: top-1 and FLOPs ratio of a model file on one split of a dataset (``loader_options``:
+    those of :func:`~vared_convert.predict.clip_loader`). Returns the ``EvalReport``."""
+    from .predict import evaluate, clip_loader
+    from .timing import resolve_device
+
+    target = resolve_device(device)
+    model = load_model(model_path, arch)
+    loader = clip_loader(model, data, **loader_options)
+    return evaluate(model, loader, device=target, on_batch=on_batch)
+
+
+def export_checkpoint(
+    model_path: str | os.PathLike,
+    *,
+    onnx: str | os.PathLike | None = None,
+    pt2: str | os.PathLike | None = None,
+    arch: str | None = None,
+    static_policy: bool = False,
+    option: tuple[int, float] | None = None,
+    data: str | None = None,
+    split: str = "val",
+    layout: str = "auto",
+    max_clips: int = 256,
+    batch_size: int = 8,
+    workers: int = 2,
+    input_shape: Sequence[int] | None = None,
+    atol: float = 1e-4,
+    verify: bool = True,
+    lowering: str = "none",
+    force: bool = False,
+    on_status: Callable[[str], None] | None = None,
+) -> tuple[Mapping[str, str] | None, list[Any]]:
+    """``vared export``: write a model file as ONNX and/or ``.pt2``, dynamic or with a static policy (``option``
+    for every layer, or each layer's most frequent decision on ``data``), each verified. Returns the static
+    policy as each layer's option label (``"2,0.5"``; None for the dynamic model) and the ``ExportResult`` of
+    each file."""
+    from .export import conv_function, export_model, policy_from_data, policy_labels
+    from .export import static_policy as fixed_policy
+
+    if onnx is None and pt2 is None:
+        raise VaredError("nothing to write: give --onnx PATH and/or --pt2 PATH")
+    if (option is not None or data is not None) and not static_policy:
+        raise VaredError("--option and --data choose a static policy: add --static-policy")
+    if static_policy and (option is None) == (data is None):
+        raise VaredError("--static-policy needs exactly one of --option T,C or --data DIR")
+    _distinct([("--onnx", onnx), ("--pt2", pt2)])
+    for flag, path in (("--onnx", onnx), ("--pt2", pt2)):
+        if path is not None:
+            check_output_path(path, force, inputs=[model_path], what=flag)
+    number("atol", atol, 0)
+    conv_function(lowering)
+    if data is not None:
+        integer("max_clips", max_clips, 1)
+        integer("batch_size", batch_size, 1)
+        integer("workers", workers, 0)
+    model = load_model(model_path, arch)
+    policy = None
+    if option is not None:
+        policy = fixed_policy(model, option)
+    elif data is not None:
+        if on_status:
+            on_status("choosing the static policy ...")
+        policy = policy_from_data(model, data, split=split, layout=layout, max_clips=max_clips,
+                                  batch_size=batch_size, workers=workers)
+    if on_status:
+        on_status("exporting and verifying ...")
+    results = export_model(model, onnx=onnx, pt2=pt2, policy=policy, input_shape=input_shape, verify=verify,
+                           atol=atol, force=force, lowering=lowering, inputs=[model_path])
+    return (policy_labels(model, policy) if policy is not None else None), results

@@ -1,7 +1,6 @@
 """A small plain 3D CNN: the stand-in for "your pretrained model" in the demo, examples and tests.
 
-Build it by name as ``--arch vared_convert.baseline:tiny_c3d`` (the same ``module.path:factory`` route as any
-user architecture).
+Build it by name as ``--arch vared:tiny_c3d`` (a registry architecture, like ``torchvision:r3d_18``).
 """
 
 from __future__ import annotations

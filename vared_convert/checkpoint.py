@@ -12,17 +12,18 @@ Output: a dict of plain data and tensors (loads with ``weights_only=True``)::
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .arch import ArchSpec, build_model
-from .errors import NotConvertedError, VaredError
+from .arch import ArchSpec, build_model, is_registered
+from .errors import NotConvertedError, UntrustedArchError, VaredError
 from .files import atomic_output
 from .recipe import ModelInfo, Recipe, apply_recipe, model_info
 
@@ -33,9 +34,11 @@ __all__ = [
     "extract_state_dict",
     "load_weights",
     "load_model",
+    "model_from_checkpoint",
     "save_model",
     "model_payload",
     "model_from_payload",
+    "save_torch_file",
 ]
 
 FORMAT, FORMAT_VERSION = "vared", 1
@@ -57,6 +60,8 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
     """Load a checkpoint file's raw content safely; every failure becomes a one-line :class:`VaredError`."""
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise VaredError(f"{path}: a symbolic link that leads nowhere (broken, or a loop)")
         raise VaredError(f"{path}: no such file")
     if path.is_dir():
         raise VaredError(f"{path}: is a directory, not a checkpoint file")
@@ -183,26 +188,77 @@ def model_payload(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, force: bool = False) -> Path:
-    """Write ``model`` (with its :class:`ModelInfo`) atomically in the self-describing vared format."""
-    payload = model_payload(model)
-    with atomic_output(path, force) as tmp:
-        torch.save(payload, tmp)
+def save_torch_file(obj: Any, path: str | os.PathLike, force: bool = False,
+                    inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`~vared_convert.files.atomic_output`).
+
+    The bytes are serialised in memory and written by Python, so that a full disk is an ``OSError`` naming its
+    cause (torch's own file writer reports it as an opaque ``RuntimeError``).
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_output(path, force, inputs) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
     return Path(path)
 
 
-def model_from_payload(raw: Mapping[str, Any], source: str = "checkpoint") -> nn.Module:
-    """Rebuild a model from a vared payload: build the architecture, re-apply the recipe, load the weights."""
+def save_model(model: nn.Module, path: str | os.PathLike, force: bool = False,
+               inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Write ``model`` (with its :class:`ModelInfo`) atomically in the self-describing vared format; ``path``
+    must not be one of ``inputs``."""
+    return save_torch_file(model_payload(model), path, force, inputs)
+
+
+def _recorded(raw: Mapping[str, Any], source: str) -> tuple[ArchSpec, Recipe | None]:
+    """The architecture and recipe a vared payload records, checked to be plain data of the right shape."""
+    try:
+        spec = ArchSpec.from_dict(raw["arch"])
+        recipe = Recipe.from_dict(raw["recipe"]) if raw.get("recipe") else None
+        if not isinstance(raw["state_dict"], Mapping):
+            raise TypeError("state_dict is not a mapping")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise VaredError(f"{source}: a malformed vared model file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(spec.name, str):
+        raise VaredError(f"{source}: a malformed vared model file (architecture name {spec.name!r})")
+    return spec, recipe
+
+
+def _spec_to_build(recorded: ArchSpec, arch: str | ArchSpec | None, source: str) -> ArchSpec:
+    """What to build for a vared file: the user's ``arch`` if given, else the recorded one if it is registered.
+
+    A recorded ``module.path:factory`` is code the file asks to run; it is built only when the user names it.
+    """
+    if arch is None:
+        if not is_registered(recorded.name):
+            raise UntrustedArchError(
+                f"{source}: its architecture is user code ({recorded.name!r}), which vared never imports or runs on "
+                "a file's word; if it is code you know and trust, name it with --arch"
+            )
+        return recorded
+    if isinstance(arch, ArchSpec):
+        return arch
+    same = arch == recorded.name
+    return ArchSpec(arch, recorded.num_classes, dict(recorded.kwargs) if same else {})
+
+
+def model_from_payload(raw: Mapping[str, Any], source: str = "checkpoint",
+                       arch: str | ArchSpec | None = None) -> nn.Module:
+    """Rebuild a model from a vared payload: build the architecture, re-apply the recipe, load the weights.
+
+    The recorded architecture is built only if it is a registry one (torchvision, pytorchvideo, vared); a
+    ``module.path:factory`` runs only when ``arch`` names the architecture (the user's choice, not the file's).
+    """
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
-        raise VaredError(f"{source}: vared format version {version} is not supported (this vared reads 1)")
-    spec = ArchSpec.from_dict(raw["arch"])
-    recipe = Recipe.from_dict(raw["recipe"]) if raw.get("recipe") else None
+        raise VaredError(f"{source}: vared format version {version!r} is not supported (this vared reads 1)")
+    recorded, recipe = _recorded(raw, source)
+    spec = _spec_to_build(recorded, arch, source)
     model = build_model(spec)
     if recipe is not None:
         apply_recipe(model, recipe)
     load_weights(model, raw["state_dict"], spec.name)
-    model.vared_info = ModelInfo(spec, recipe, raw.get("class_names"))
+    names = raw.get("class_names")
+    model.vared_info = ModelInfo(spec, recipe, [str(n) for n in names] if isinstance(names, list) else None)
     return model.eval()
 
 
@@ -215,25 +271,39 @@ def load_model(
 ) -> nn.Module:
     """Rebuild a model from a checkpoint, in eval mode, with its :class:`ModelInfo` as ``model.vared_info``.
 
-    A vared checkpoint describes itself. Any other checkpoint needs ``arch`` (and ``num_classes`` when the head
+    A vared checkpoint describes itself; if its architecture is user code (``module.path:factory``), that code
+    runs only when ``arch`` names it. Any other checkpoint needs ``arch`` (and ``num_classes`` when the head
     differs from the architecture's default); the result is then the plain, unconverted network.
     """
     raw = read_checkpoint(path, trust_pickle=trust_pickle)
+    return model_from_checkpoint(raw, str(path), arch, num_classes, class_names)
+
+
+def model_from_checkpoint(
+    raw: Any,
+    source: str,
+    arch: str | ArchSpec | None = None,
+    num_classes: int | None = None,
+    class_names: list[str] | None = None,
+) -> nn.Module:
+    """:func:`load_model` on a checkpoint's content already read (:func:`read_checkpoint`)."""
     if isinstance(raw, Mapping) and raw.get("format") == "vared-train" and is_vared_checkpoint(raw.get("model")):
         raw = raw["model"]  # a finetune run's last.pth: its model
     if is_vared_checkpoint(raw):
-        model = model_from_payload(raw, str(path))
+        if isinstance(arch, str) and num_classes is not None:
+            arch = ArchSpec(arch, num_classes)
+        model = model_from_payload(raw, source, arch=arch)
         if class_names and not model.vared_info.class_names:
             model.vared_info.class_names = list(class_names)
         return model
     if arch is None:
         raise NotConvertedError(
-            f"{path}: a plain checkpoint; say which network it is with --arch (e.g. torchvision:r3d_18)"
+            f"{source}: a plain checkpoint; say which network it is with --arch (e.g. torchvision:r3d_18)"
         )
     spec = arch if isinstance(arch, ArchSpec) else ArchSpec(arch, num_classes)
     state_dict, _ = extract_state_dict(raw)
     model = build_model(spec)
     load_weights(model, state_dict, spec.name)
     names = class_names or (raw.get("class_names") if isinstance(raw, Mapping) else None)
-    model.vared_info = ModelInfo(spec, None, list(names) if names else None)
+    model.vared_info = ModelInfo(spec, None, [str(n) for n in names] if isinstance(names, list) else None)
     return model.eval()

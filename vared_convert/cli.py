@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .errors import VaredError
+from .errors import Terminated, VaredError
 
 app = typer.Typer(
     name="vared",
@@ -25,6 +29,7 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+_STOP_REPORTED = False  # a command that stopped on Ctrl-C and said so itself (finetune)
 
 
 # ---------------------------------------------------------------------------------------------- parsing helpers
@@ -47,7 +52,11 @@ def read_class_names(path: Path | None) -> list[str] | None:
         return None
     if not path.is_file():
         raise VaredError(f"--classes {path}: no such file")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise VaredError(f"--classes {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise VaredError(f"--classes {path}: no class names in it (one per line)")
     return names
@@ -55,14 +64,6 @@ def read_class_names(path: Path | None) -> list[str] | None:
 
 def print_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
-
-
-def write_json(path: str | Path, data: object) -> None:
-    """Write ``data`` as indented JSON to ``path``, atomically (a temporary file, then rename)."""
-    from .files import atomic_output
-
-    with atomic_output(path, force=True) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def fmt_shape(shape) -> str:
@@ -81,14 +82,18 @@ def fmt_conv(kernel, in_channels: int, out_channels: int, groups: int) -> str:
     return f"{fmt_shape(kernel)} {in_channels}→{out_channels}{kind}"
 
 
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    """Make video models cheaper to run: input-dependent (VA-RED²) convolutions for any pretrained 3D CNN."""
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         console.print(f"vared {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
+) -> None:
+    """Make video models cheaper to run: input-dependent (VA-RED²) convolutions for any pretrained 3D CNN."""
 
 
 # ---------------------------------------------------------------------------------------------- convert
@@ -179,7 +184,7 @@ def convert(
     adaptive.add_column("options")
     adaptive.add_column("share", justify="right", no_wrap=True, min_width=6)
     for d in report.converted:
-        adaptive.add_row(d.name, fmt_conv(d.kernel, d.in_channels, d.out_channels, d.groups),
+        adaptive.add_row(escape(d.name), fmt_conv(d.kernel, d.in_channels, d.out_channels, d.groups),
                          fmt_shape(d.input_shape), fmt_options(d.options, d.out_channels), f"{100 * d.share:.1f}%")
     console.print(adaptive)
     static = Table(title=f"Left static ({len(report.static)})", title_justify="left")
@@ -187,10 +192,10 @@ def convert(
     static.add_column("share", justify="right")
     static.add_column("why")
     for d in report.static:
-        static.add_row(d.name, f"{100 * d.share:.2f}%", d.reason)
+        static.add_row(escape(d.name), f"{100 * d.share:.2f}%", escape(d.reason))
     console.print(static)
     if report.trace_failure:
-        console.print(f"[yellow]note:[/] {report.trace_failure}; analysed with forward hooks and converted in place")
+        console.print(f"[yellow]note:[/] {escape(report.trace_failure)}; analysed with forward hooks and converted in place")
     in_blocks = sum(len(d.convs) for d in report.converted_blocks)
     console.print(
         (f"{len(report.converted_blocks)} adaptive blocks ({in_blocks} convs) and " if report.granularity == "block"
@@ -204,7 +209,7 @@ def convert(
         f"[green]✓ verified[/]: with every gate forced to the full option the outputs equal the original's "
         f"(max abs difference {report.max_abs_error:.2g})"
     )
-    console.print(f"wrote {out}")
+    console.print(f"wrote {escape(str(out))}")
 
 
 # ---------------------------------------------------------------------------------------------- profile
@@ -231,7 +236,7 @@ def print_profile(report, title: str) -> None:
             adaptive, saving = f"{row.min_macs / 1e9:.3f}–{row.original_macs / 1e9:.3f}", f"≤{100 * (1 - row.min_macs / row.original_macs):.0f}%"
         else:
             adaptive, saving = f"{row.adaptive_macs / 1e9:.3f}", f"{100 * row.saving:.0f}%" if row.dynamic else "static"
-        cells = [row.name, fmt_shape(row.output_shape), f"{row.original_macs / 1e9:.3f}", adaptive, saving]
+        cells = [escape(row.name), fmt_shape(row.output_shape), f"{row.original_macs / 1e9:.3f}", adaptive, saving]
         table.add_row(*cells, *([_option_summary(row.option_counts)] if report.mode != "static" else []))
     other = f"{report.other_macs / 1e9:.3f}"
     table.add_row("(other layers)", "", other, other, "static", *([""] if report.mode != "static" else []))
@@ -257,13 +262,23 @@ def print_profile(report, title: str) -> None:
                       f"{lat.adaptive.median_ms:.1f} ms ({lat.adaptive.min_ms:.1f}–{lat.adaptive.max_ms:.1f}) → time "
                       f"ratio [bold]{lat.time_ratio:.3f}[/] (FLOPs ratio {report.flops_ratio:.3f}{realised})")
     for cls, counts in sorted(report.class_histograms.items()):
-        console.print(f"  class {cls}: {_option_summary(counts, limit=6)}")
+        console.print(f"  class {escape(cls)}: {_option_summary(counts, limit=6)}")
+
+
+def _bar(label: str, stream: Console):
+    """A progress bar on ``stream``, or nothing when it is not a terminal (a log file gets no garbled lines)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn(f"[bold]{escape(label)}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=stream, transient=True, disable=not stream.is_terminal)
 
 
 @app.command()
 def profile(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A vared model (or a plain checkpoint with --arch).")],
-    arch: Annotated[Optional[str], typer.Option("--arch", "-a", help="Architecture of a plain checkpoint.")] = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", "-a", help="Architecture of a plain checkpoint, or of a "
+                                                "vared model that records your own code (module.path:factory), "
+                                                "which vared never runs unless you name it.")] = None,
     num_classes: Annotated[Optional[int], typer.Option(help="Classifier size of a plain checkpoint.")] = None,
     input_shape: Annotated[Optional[str], typer.Option(help="Clip shape C,T,H,W \\[default: the recipe's].")] = None,
     option: Annotated[Optional[str], typer.Option(help="Force every gate to T,C (temporal factor, channel "
@@ -272,7 +287,7 @@ def profile(
                                                 "decide on its clips.")] = None,
     clips: Annotated[int, typer.Option(help="With --data: how many clips to run.")] = 64,
     split: Annotated[str, typer.Option(help="With --data: the split to read.")] = "val",
-    layout: Annotated[str, typer.Option(help="With --data: auto, folders, lists, kinetics.")] = "auto",
+    layout: Annotated[str, typer.Option(help="With --data: auto, folders, lists, kinetics, ucf101[:N], hmdb51[:N] or ssv2.")] = "auto",
     stride: Annotated[int, typer.Option(help="With --data: frames between sampled frames.")] = 4,
     workers: Annotated[int, typer.Option(help="With --data: decoding processes.")] = 2,
     latency: Annotated[bool, typer.Option("--latency", help="Also time original and adaptive on the same inputs.")] = False,
@@ -281,80 +296,33 @@ def profile(
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write the report as JSON to PATH ('-': stdout).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw per-layer original vs adaptive GFLOPs to a PNG.")] = None,
     trust_pickle: Annotated[bool, typer.Option(help="Allow pickled objects in a plain checkpoint.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite existing --json and --plot files.")] = False,
 ) -> None:
     """Per-layer FLOPs (fvcore) and measured latency, original against adaptive."""
-    from .checkpoint import load_model
-    from .profile import parse_option, profile_model
-    from .timing import resolve_device
+    from .api import profile_checkpoint
+    from .profile import parse_option
 
-    forced = parse_option(option) if option else None
-    shape = parse_ints(input_shape, "--input-shape") if input_shape else None
-    if shape is not None and len(shape) != 4:
-        raise VaredError(f"--input-shape must be C,T,H,W, got {input_shape}")
-    target = resolve_device(device)
-    model = load_model(model_path, arch, num_classes=num_classes, trust_pickle=trust_pickle).to(target)
-    if model.vared_info.recipe is None and shape is None:
-        from .arch import default_input_shape
-
-        shape = default_input_shape(model.vared_info.arch.name)
-    if data is None:
-        with err_console.status("counting FLOPs" + (" and timing" if latency else "") + " ..."):
-            report = profile_model(model, shape, option=forced, latency=latency, repeats=repeats)
-    else:
-        report = _profile_on_data(model, shape, data, clips, split=split, layout=layout, stride=stride,
-                                  workers=workers, option=forced, latency=latency, repeats=repeats)
-    _emit_profile(report, model_path, json_out, plot)
-
-
-def _profile_on_data(model, shape, root: str, limit: int, *, split: str, layout: str, stride: int, workers: int,
-                     option, latency: bool, repeats: int):
-    """`vared profile --data`: the gates decide on up to ``limit`` clips of a dataset, with a progress bar."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .predict import clip_loader
-    from .profile import profile_model
-
-    if limit < 1:
-        raise VaredError(f"--clips must be at least 1, got {limit}")
-    frames, size = (shape[1], shape[2]) if shape is not None else (None, None)
-    loader = clip_loader(model, root, split=split, layout=layout, frames=frames, size=size, stride=stride,
-                         batch_size=min(8, limit), workers=workers)
-    total = min(limit, len(loader.dataset))
-    classes = model.vared_info.class_names or loader.dataset.classes
-
-    def batches():
-        seen = 0
-        for batch in loader:
-            if batch.get("clip") is None:
-                continue
-            x, y = batch["clip"][: total - seen], batch["label"][: total - seen]
-            seen += len(x)
-            yield x, y
-            if seen >= total:
-                return
-
-    bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, transient=True)
-    with bars:
-        task = bars.add_task("decoding and running clips", total=total)
-        report = profile_model(model, clips=batches(), class_names=classes, option=option, latency=latency,
-                               repeats=repeats, on_batch=lambda n: bars.advance(task, n))
-    return report
-
-
-def _emit_profile(report, model_path: Path, json_out: Optional[str], plot: Optional[Path]) -> None:
-    if json_out == "-":
+    to_stdout = json_out == "-"
+    bar = _bar("decoding and running clips", err_console)
+    task = bar.add_task("clips", total=None)
+    quiet = to_stdout or data is not None or not err_console.is_terminal
+    with bar, _status("counting FLOPs" + (" and timing" if latency else "") + " ...", quiet=quiet):
+        report = profile_checkpoint(
+            model_path, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle,
+            input_shape=parse_ints(input_shape, "--input-shape") if input_shape else None,
+            option=parse_option(option) if option else None, data=data, clips=clips, split=split, layout=layout,
+            stride=stride, workers=workers, latency=latency, device=device, repeats=repeats,
+            json_out=None if to_stdout else json_out, plot=plot, force=force,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    if to_stdout:
         print_json(report.to_dict())
     else:
-        print_profile(report, f"{model_path.name}: GFLOPs per layer ({report.mode})")
+        print_profile(report, escape(f"{model_path.name}: GFLOPs per layer ({report.mode})"))
         if json_out:
-            write_json(json_out, report.to_dict())
-            console.print(f"wrote {json_out}")
+            console.print(f"wrote {escape(json_out)}", highlight=False)
     if plot:
-        from .plots import plot_layer_savings
-
-        plot_layer_savings(report, plot)
-        (err_console if json_out == "-" else console).print(f"wrote {plot}")
+        (err_console if to_stdout else console).print(f"wrote {escape(str(plot))}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------- finetune
@@ -368,6 +336,9 @@ def _d(name: str) -> str:
 @app.command()
 def finetune(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A converted model (vared convert's output).")],
+    arch: Annotated[Optional[str], typer.Option("--arch", "-a", help="Build this architecture: needed when the "
+                                                "model records your own code (module.path:factory), which vared "
+                                                "never runs unless you name it.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Dataset root: class folders, list files or Kinetics CSVs.")] = None,
     target_flops: Annotated[Optional[float], typer.Option(help=f"FLOPs ratio to reach (adaptive / original). {_d('target_flops')}")] = None,
     epochs: Annotated[Optional[int], typer.Option(help=f"Training epochs. {_d('epochs')}")] = None,
@@ -382,7 +353,7 @@ def finetune(
     size: Annotated[Optional[int], typer.Option(help=f"Crop size in pixels. {_d('size')}")] = None,
     train_clips: Annotated[Optional[int], typer.Option(help=f"Random clips per video per epoch. {_d('train_clips')}")] = None,
     val_clips: Annotated[Optional[int], typer.Option(help=f"Clips per video for validation. {_d('val_clips')}")] = None,
-    layout: Annotated[Optional[str], typer.Option(help=f"Dataset layout: auto, folders, lists, kinetics. {_d('layout')}")] = None,
+    layout: Annotated[Optional[str], typer.Option(help=f"Dataset layout: auto, folders, lists, kinetics, ucf101[:N], hmdb51[:N] or ssv2. {_d('layout')}")] = None,
     train: Annotated[Optional[str], typer.Option(help=f"What trains: gates (gates and cheap ops) or all (the backbone too). {_d('train')}")] = None,
     lr: Annotated[Optional[float], typer.Option(help=f"Learning rate of gates and cheap ops. {_d('lr')}")] = None,
     backbone_lr_scale: Annotated[Optional[float], typer.Option(help=f"Backbone lr = lr × this (with --train all). {_d('backbone_lr_scale')}")] = None,
@@ -400,6 +371,7 @@ def finetune(
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (smoke runs). \\[default: no limit]")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Also save last.pth every N steps. \\[default: at epoch ends]")] = None,
     log_every: Annotated[Optional[int], typer.Option(help=f"Steps between metrics lines. {_d('log_every')}")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing --out file.")] = False,
 ) -> None:
     """Learn the input-dependent policy to a FLOPs target (CPU, one GPU, or many with torchrun)."""
     from .train.finetune import finetune as run_finetune
@@ -415,36 +387,36 @@ def finetune(
     from .progress import FinetuneDisplay
 
     with FinetuneDisplay(console) as display:
-        result = run_finetune(model_path, overrides, config_file=config, resume=resume, on_event=display.on_event)
+        result = run_finetune(model_path, overrides, config_file=config, resume=resume, on_event=display.on_event,
+                              arch=arch, force=force)
     if result.interrupted:
-        console.print(f"[yellow]stopped[/]: saved {result.run_dir / 'last.pth'}; continue with "
-                      f"vared finetune {model_path} --resume {result.run_dir / 'last.pth'}")
-        raise typer.Exit(130)
+        global _STOP_REPORTED
+        _STOP_REPORTED = True
+        err_console.print(escape(f"stopped ({result.stopped_by}): saved {result.run_dir / 'last.pth'}; continue with "
+                                 f"vared finetune {model_path} --resume {result.run_dir / 'last.pth'}"),
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(143 if result.stopped_by == "SIGTERM" else 130)
 
 
 # ---------------------------------------------------------------------------------------------- export
-def _policy_summary(model, policy: dict[str, int]) -> str:
+def _policy_summary(labels: dict[str, str]) -> str:
     """``2,0.5 ×12 · 1,1 ×4``: how many layers run each option of a static policy."""
     from collections import Counter
 
-    from .nn import adaptive_layers
-    from .profile import option_label
-
-    layers = dict(adaptive_layers(model))
-    labels = Counter(option_label(*layers[n].options[o].as_list(), layers[n].width) for n, o in policy.items())
-    return " · ".join(f"{label} ×{count}" for label, count in labels.most_common())
+    return " · ".join(f"{label} ×{count}" for label, count in Counter(labels.values()).most_common())
 
 
 def _status(message: str, quiet: bool):
-    """A spinner on stderr, or nothing (JSON output, or nothing slow to wait for)."""
-    import contextlib
-
+    """A spinner on stderr (its ``update(text)`` changes the message), or None: JSON output, not a terminal."""
     return contextlib.nullcontext() if quiet else err_console.status(message)
 
 
 @app.command()
 def export(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A converted (or finetuned) vared model.")],
+    arch: Annotated[Optional[str], typer.Option("--arch", "-a", help="Build this architecture: needed when the "
+                                                "model records your own code (module.path:factory), which vared "
+                                                "never runs unless you name it.")] = None,
     onnx: Annotated[Optional[Path], typer.Option(help="Write ONNX here.")] = None,
     pt2: Annotated[Optional[Path], typer.Option(help="Write a torch.export program (.pt2) here.")] = None,
     static_policy: Annotated[bool, typer.Option("--static-policy", help="One fixed option per layer and no gates "
@@ -455,7 +427,7 @@ def export(
     data: Annotated[Optional[str], typer.Option(help="Static policy: each layer's most frequent gate decision "
                                                 "over this dataset's clips.")] = None,
     split: Annotated[str, typer.Option(help="Split of --data to read.")] = "val",
-    layout: Annotated[str, typer.Option(help="Layout of --data: auto, folders, lists, kinetics.")] = "auto",
+    layout: Annotated[str, typer.Option(help="Layout of --data: auto, folders, lists, kinetics, ucf101[:N], hmdb51[:N] or ssv2.")] = "auto",
     max_clips: Annotated[int, typer.Option(help="Clips of --data to decide from (at most).")] = 256,
     batch_size: Annotated[int, typer.Option(help="Clips per batch when reading --data.")] = 8,
     workers: Annotated[int, typer.Option(help="Decoding processes for --data.")] = 2,
@@ -472,39 +444,23 @@ def export(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Export for serving: ONNX with conditional execution (If), a static-policy model, or a .pt2 program."""
-    from itertools import islice
-
-    from .checkpoint import load_model
-    from .export import export_model, most_frequent_policy
-    from .export import static_policy as fixed_policy
-    from .predict import clip_loader
+    from .api import export_checkpoint
     from .profile import parse_option
 
-    if onnx is None and pt2 is None:
-        raise VaredError("nothing to write: give --onnx PATH and/or --pt2 PATH")
-    if (option or data) and not static_policy:
-        raise VaredError("--option and --data choose a static policy: add --static-policy")
-    if static_policy and (option is None) == (data is None):
-        raise VaredError("--static-policy needs exactly one of --option T,C or --data DIR")
-    shape = parse_ints(input_shape, "--input-shape") if input_shape else None
-    model = load_model(model_path)
-    policy = None
-    with _status("choosing the static policy ...", quiet=as_json or not data):
-        if option:
-            policy = fixed_policy(model, parse_option(option))
-        elif data:
-            loader = clip_loader(model, data, split=split, layout=layout, batch_size=batch_size, workers=workers)
-            batches = (b["clip"] for b in islice(loader, -(-max_clips // batch_size)) if b["clip"] is not None)
-            policy = most_frequent_policy(model, batches)
-    with _status("exporting and verifying ...", quiet=as_json):
-        results = export_model(model, onnx=onnx, pt2=pt2, policy=policy, input_shape=shape, verify=verify,
-                               atol=atol, force=force, lowering=conv_lowering)
+    with _status("loading ...", quiet=as_json or not err_console.is_terminal) as status:
+        policy, results = export_checkpoint(
+            model_path, onnx=onnx, pt2=pt2, arch=arch, static_policy=static_policy,
+            option=parse_option(option) if option else None, data=data, split=split, layout=layout,
+            max_clips=max_clips, batch_size=batch_size, workers=workers,
+            input_shape=parse_ints(input_shape, "--input-shape") if input_shape else None, atol=atol, verify=verify,
+            lowering=conv_lowering, force=force, on_status=status.update if status is not None else None,
+        )
     if as_json:
         print_json({"exports": [r.to_dict() for r in results]})
         return
     if policy is not None:
-        console.print(f"static policy ({'--option ' + option if option else 'most frequent decisions on ' + data}): "
-                      f"{_policy_summary(model, policy)}")
+        source = f"--option {option}" if option else f"most frequent decisions on {data}"
+        console.print(escape(f"static policy ({source}): {_policy_summary(policy)}"), highlight=False)
     for r in results:
         what = "dynamic: gates + If, batch 1" if r.policy == "dynamic" else "static policy, any batch"
         if r.lowering != "none":
@@ -512,7 +468,7 @@ def export(
         check = "ONNX Runtime" if r.format == "onnx" else "torch.export.load"
         verdict = (f"[green]✓ verified[/] with {check} on {r.clips} clips: max abs difference {r.max_abs_error:.2g} "
                    f"(atol {r.atol:g})") if r.max_abs_error is not None else "[yellow]not verified[/] (--no-verify)"
-        console.print(f"wrote {r.path} ({what}) — {verdict}")
+        console.print(f"wrote {escape(str(r.path))} ({what}) — {verdict}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -520,8 +476,12 @@ def export(
 def evaluate(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A converted (or finetuned) vared model.")],
     data: Annotated[str, typer.Option(help="Dataset root: class folders, list files or Kinetics CSVs.")],
+    arch: Annotated[Optional[str], typer.Option("--arch", "-a", help="Build this architecture: needed when the "
+                                                "model records your own code (module.path:factory), which vared "
+                                                "never runs unless you name it.")] = None,
+
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
-    layout: Annotated[str, typer.Option(help="Dataset layout: auto, folders, lists, kinetics.")] = "auto",
+    layout: Annotated[str, typer.Option(help="Dataset layout: auto, folders, lists, kinetics, ucf101[:N], hmdb51[:N] or ssv2.")] = "auto",
     clips_per_video: Annotated[int, typer.Option(help="Clips per video, spread evenly (video top-1 averages "
                                                  "their logits).")] = 1,
     frames: Annotated[Optional[int], typer.Option(help="Frames per clip \\[default: the recipe's].")] = None,
@@ -533,28 +493,18 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Top-1 (clip and video level) and the average FLOPs ratio of the gates' decisions on a dataset."""
-    from .checkpoint import load_model
-    from .predict import evaluate_dataset
-    from .timing import resolve_device
+    from .api import evaluate_checkpoint
 
-    target = resolve_device(device)
-    model = load_model(model_path)
-    status = err_console.status("evaluating ...") if not as_json else None
-    if status:
-        status.start()
-    try:
-        report = evaluate_dataset(
-            model, data, device=target, split=split, layout=layout, frames=frames, stride=stride, size=size,
-            clips_per_video=clips_per_video, batch_size=batch_size, workers=workers,
-            on_batch=(lambda n: status.update(f"evaluating ... {n} clips")) if status else None,
+    with _status("evaluating ...", quiet=as_json or not err_console.is_terminal) as status:
+        report = evaluate_checkpoint(
+            model_path, data, arch=arch, device=device, split=split, layout=layout, frames=frames, stride=stride,
+            size=size, clips_per_video=clips_per_video, batch_size=batch_size, workers=workers,
+            on_batch=(lambda n: status.update(f"evaluating ... {n} clips")) if status is not None else None,
         )
-    finally:
-        if status:
-            status.stop()
     if as_json:
         print_json(report.to_dict())
         return
-    table = Table(title=f"{model_path.name} on {data} ({split})", title_justify="left")
+    table = Table(title=escape(f"{model_path.name} on {data} ({split})"), title_justify="left")
     for column in ("clips", "videos", "top-1 clip", "top-1 video", "FLOPs ratio", "GFLOPs / clip"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_row(str(report.clips), str(report.videos), f"{report.clip_top1:.2f}%", f"{report.video_top1:.2f}%",
@@ -577,10 +527,12 @@ def data() -> None:
 @data_app.command("check")
 def data_check(
     root: Annotated[Path, typer.Argument(help="Dataset folder.", show_default=False)],
-    layout: Annotated[str, typer.Option(help="auto, folders, lists or kinetics.")] = "auto",
+    layout: Annotated[str, typer.Option(help="auto, folders, lists, kinetics, ucf101[:N], hmdb51[:N] or ssv2.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of tables.")] = False,
+    classes: Annotated[Optional[Path], typer.Option(help="Class names, one per line (integer label i is line i).")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Class count, for integer labels without names.")] = None,
 ) -> None:
-    """Index a dataset and try to decode every video (header and first frame)."""
+    """Index a dataset and try every video (first frame decoded, every packet read: truncated files are found)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .data.check import check_dataset
@@ -588,7 +540,8 @@ def data_check(
     columns = (TextColumn("checking videos"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task("check", total=None)
-        report = check_dataset(root, layout, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        report = check_dataset(root, layout, progress=lambda done, total: bar.update(task, completed=done, total=total),
+                               class_names=read_class_names(classes), num_classes=num_classes)
     if as_json:
         print_json(report.to_dict())
     else:
@@ -602,7 +555,8 @@ def data_check(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the dataset, models, plots and ONNX files.")] = Path("vared-demo"),
     quick: Annotated[bool, typer.Option("--quick", help="A smaller run that shows the flow (about 2 minutes on 2 cores; the full one takes about 4).")] = False,
-    force: Annotated[bool, typer.Option(help="Reuse a non-empty --out folder.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an earlier demo run in --out (only the files it wrote), and an "
+                                        "existing --json file.")] = False,
     as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON to this file.")] = None,
     granularity: Annotated[str, typer.Option(help="vared convert --granularity: block or conv.")] = "block",
 ) -> None:
@@ -614,7 +568,8 @@ def demo(
     from .progress import FinetuneDisplay
 
     bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console)
+                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console,
+                    disable=not console.is_terminal)
     display = FinetuneDisplay(console, progress=bars)
 
     def on_step(title: str, explanation: str) -> None:
@@ -628,7 +583,7 @@ def demo(
     with bars:
         settings = dataclasses.replace(QUICK if quick else FULL, granularity=granularity)
         result = run_demo(out, settings, force=force, on_step=on_step, progress=progress,
-                          on_finetune_event=display.on_event)
+                          on_finetune_event=display.on_event, json_out=as_json)
 
     console.rule("[bold]Summary")
     table = Table(title="Original vs adaptive, on the validation clips", title_justify="left")
@@ -659,25 +614,82 @@ def demo(
     ordered = [c for c in result.classes if c in STATIC_CLASSES] + [c for c in result.classes if c not in STATIC_CLASSES]
     for cls in ordered:
         shares = result.class_option_share.get(cls, {})
-        decisions.add_row(cls, "static" if cls in STATIC_CLASSES else "motion", f"{100 * result.class_temporal_share.get(cls, 0):.0f}%",
+        decisions.add_row(escape(cls), "static" if cls in STATIC_CLASSES else "motion", f"{100 * result.class_temporal_share.get(cls, 0):.0f}%",
                           *[f"{100 * shares.get(label, 0):.0f}%" for label in labels])
     console.print(decisions)
     console.print(f"frames skipped: static classes {100 * result.static_temporal_share:.0f}%, motion classes "
                   f"{100 * result.motion_temporal_share:.0f}% of layer decisions")
-    console.print(Panel("\n".join(result.commands), title="The same steps on your own model", expand=False))
-    console.print(f"plots: {result.files['savings_plot']}, {result.files['decisions_plot']}; "
+    console.print(Panel(escape("\n".join(result.commands)), title="The same steps on your own model", expand=False))
+    console.print(f"plots: {escape(result.files['savings_plot'])}, {escape(result.files['decisions_plot'])}; "
                   f"finished in {result.seconds / 60:.1f} min")
     if as_json:
-        write_json(as_json, result.to_dict())
+        console.print(f"wrote {escape(str(as_json))}", highlight=False)
 
 
-def main() -> None:
-    """Console-script entry point: user errors become one line and a non-zero exit."""
+def _say_error(message: str) -> None:
+    """One line on stderr, whatever the message holds (newlines, Rich markup such as ``[`` and ``]``)."""
+    line = " ".join(str(message).split())
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked worker (DataLoader) inherited this handler: die as SIGTERM does
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated()
+
+
+_MAIN_PID = os.getpid()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: user errors become one line on stderr and a non-zero exit, never a traceback.
+
+    Exit codes: 0 done, 1 an error the message explains, 2 a malformed command line, 130 Ctrl-C, 143 SIGTERM.
+    SIGTERM is raised as :class:`~vared_convert.errors.Terminated`, so temporary files are removed on the way out.
+    """
+    global _MAIN_PID, _STOP_REPORTED
+    _MAIN_PID, _STOP_REPORTED = os.getpid(), False
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:
+        app(args=args, prog_name="vared")  # the help, as typer prints it
+    previous = None
+    with contextlib.suppress(ValueError):  # not the main thread: keep the default
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        app()
+        code = _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    sys.exit(code)
+
+
+def _run(args: list[str]) -> int:
+    """Run one command; every way it can end becomes an exit code, and an error one line on stderr."""
+    try:
+        code = app(args=args, prog_name="vared", standalone_mode=False)
+    except typer.TyperException as exc:  # the command line itself is malformed (click's usage errors)
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        _say_error(exc.format_message() + where)
+        return getattr(exc, "exit_code", 2)
+    except typer.Abort:
+        _say_error("interrupted")
+        return 130
     except VaredError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _say_error(str(exc))
+        return 1
+    except OSError as exc:  # the file system refused something: a full disk, a permission, a path too long
+        where = f"{exc.filename}: " if exc.filename else ""
+        _say_error(f"{where}{exc.strerror or exc}")
+        return 1
     except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]")
-        sys.exit(130)
+        _say_error("interrupted")
+        return 130
+    except Terminated:
+        _say_error("terminated (SIGTERM)")
+        return 143
+    if code in (130, 143) and not _STOP_REPORTED:  # typer turns a KeyboardInterrupt into exit code 130
+        _say_error("interrupted" if code == 130 else "terminated (SIGTERM)")
+    return code if isinstance(code, int) else 0

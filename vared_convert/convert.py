@@ -27,7 +27,8 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .arch import ArchSpec, default_input_shape
+from .arch import ArchSpec
+from .checks import number
 from .errors import VaredError
 from .flops import conv_macs, count_macs, gate_macs, option_costs
 from .nn import (AdaptiveBlock, AdaptiveLayer, ConvOption, DynamicConv3d, channel_count, conv_output_frames,
@@ -522,21 +523,20 @@ class Conversion:
     report: ConversionReport
 
 
-def _parse_input_shape(input_shape: Sequence[int] | None, arch: ArchSpec | None) -> tuple[int, int, int, int]:
-    if input_shape is None and arch is not None:
-        input_shape = default_input_shape(arch.name)
-    if input_shape is None:
-        raise VaredError("give the clip shape used for analysis with --input-shape C,T,H,W (e.g. 3,16,112,112)")
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 4 or min(shape) < 1:
-        raise VaredError(f"--input-shape must be four positive integers C,T,H,W, got {shape}")
-    return shape  # type: ignore[return-value]
+def _parse_input_shape(model: nn.Module, input_shape: Sequence[int] | None,
+                       arch: ArchSpec | None) -> tuple[int, int, int, int]:
+    """The analysis clip: given, or the architecture's usual one; checked against the network first."""
+    from .shapes import check_clip_shape, resolve_clip_shape
+
+    shape = resolve_clip_shape(model, input_shape, arch=arch)
+    check_clip_shape(model, shape, arch=arch)
+    return shape
 
 
 def _validate_space(temporal: Sequence[int], channel: Sequence[float]) -> tuple[list[int], list[float]]:
     temporal, channel = [int(t) for t in temporal], [float(c) for c in channel]
-    if 1 not in temporal or any(t < 1 for t in temporal):
-        raise VaredError(f"--temporal must hold 1 (the full frame rate) and factors >= 1, got {temporal}")
+    if 1 not in temporal or any(not 1 <= t <= 64 for t in temporal):
+        raise VaredError(f"--temporal must hold 1 (the full frame rate) and factors from 1 to 64, got {temporal}")
     if 1.0 not in channel or any(not 0 < c <= 1 for c in channel):
         raise VaredError(f"--channel must hold 1 (every channel) and ratios in (0, 1], got {channel}")
     return sorted(set(temporal)), sorted(set(channel), reverse=True)
@@ -547,54 +547,6 @@ def _example(shape: Sequence[int], like: nn.Module, batch: int = 1) -> torch.Ten
     device = param.device if param is not None else torch.device("cpu")
     generator = torch.Generator().manual_seed(0)
     return torch.randn(batch, *shape, generator=generator).to(device)
-
-
-def _runs(model: nn.Module, shape: Sequence[int], like: torch.Tensor) -> bool:
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *shape, dtype=like.dtype, device=like.device))
-        return True
-    except Exception:
-        return False
-
-
-def _smallest_clip(model: nn.Module, shape: Sequence[int], like: torch.Tensor) -> tuple[int, ...] | None:
-    """The smallest clip (frames, square size) on which ``model`` runs, found by growing the clip until it runs and
-    then bisecting each of frames and size; ``None`` when even a large clip does not run."""
-    c, t, h, w = shape
-    size = max(h, w)
-    for _ in range(6):
-        if _runs(model, (c, t, size, size), like):
-            break
-        t, size = t * 2, size * 2
-    else:
-        return None
-
-    def lowest(fits, high: int) -> int:
-        low = 0  # fits(high) holds; find the smallest value in (low, high] that fits
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (low, middle) if fits(middle) else (middle, high)
-        return high
-
-    size = lowest(lambda v: _runs(model, (c, t, v, v), like), size)
-    t = lowest(lambda v: _runs(model, (c, v, size, size), like), t)
-    return c, t, size, size
-
-
-def _check_clip(model: nn.Module, example: torch.Tensor) -> None:
-    """A clip too small for the architecture is a one-line error naming the smallest one that runs."""
-    try:
-        with torch.no_grad():
-            model(example)
-        return
-    except Exception as exc:
-        why = _one_line(exc)
-    shape = tuple(example.shape[1:])
-    smallest = _smallest_clip(model, shape, example)
-    where = "" if smallest is None else f"; the smallest clip it runs on is {','.join(map(str, smallest))}"
-    raise VaredError(f"the model does not run on a clip of shape {','.join(map(str, shape))} ({why}){where}; "
-                     f"choose --input-shape C,T,H,W accordingly")
 
 
 @torch.no_grad()
@@ -654,13 +606,13 @@ def convert(
         raise VaredError("the model is already converted (it holds adaptive layers)")
     if granularity not in GRANULARITIES:
         raise VaredError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
-    shape = _parse_input_shape(input_shape, arch_spec)
+    number("min_share", min_flops_share, 0, 1)
     temporal, channel = _validate_space(temporal, channel)
+    shape = _parse_input_shape(model, input_shape, arch_spec)
     was_training = model.training
     original = model.eval()
     example = _example(shape, original)
     try:
-        _check_clip(original, example)
         sites, analysis, trace_failure = analyse_convs(original, example)
         if not sites:
             raise VaredError("the model has no Conv3d layer to make adaptive")

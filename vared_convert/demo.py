@@ -20,11 +20,15 @@ from typing import Any, Callable
 import torch
 
 from .data.synthetic import STATIC_CLASSES
-from .errors import VaredError
+from .errors import OutputError
+from .files import check_output_path
 
 __all__ = ["DemoSettings", "DemoResult", "run_demo", "QUICK", "FULL", "STATIC_CLASSES"]
 
-ARCH = "vared_convert.baseline:tiny_c3d"
+ARCH = "vared:tiny_c3d"
+MARKER = ".vared-demo"  # written into every demo folder: only such a folder's files are replaced by --force
+DEMO_FILES = ("data", "run", "baseline.pth", "baseline_vared.pth", "adaptive.pth", "adaptive.onnx",
+              "adaptive_static.onnx", "savings.png", "decisions.png")
 
 
 @dataclass(frozen=True)
@@ -114,16 +118,19 @@ def run_demo(
     progress: Progress = _no_progress,
     on_finetune_event: Callable[[str, dict[str, Any]], None] | None = None,
     seed: int = 0,
+    json_out: str | os.PathLike | None = None,
 ) -> DemoResult:
-    """Run every step into folder ``out`` (which must be empty or absent, unless ``force``)."""
+    """Run every step into folder ``out``, and write the summary as JSON to ``json_out`` if given.
+
+    ``out`` must be absent or empty; with ``force``, it may also be the folder of an earlier demo run, whose
+    outputs (and nothing else in it) are replaced. Both outputs are checked before any work starts.
+    """
     from .api import convert_checkpoint
     from .baseline import tiny_c3d
-    from .checkpoint import load_model
+    from .checkpoint import load_model, save_torch_file
     from .data.dataset import VideoClipDataset, make_loader
-    from .data.layouts import index_dataset
     from .data.synthetic import write_synthetic_dataset
     from .export import export_model, static_policy
-    from .files import atomic_output
     from .nn import forced_policy
     from .plots import plot_class_decisions, plot_layer_savings
     from .predict import evaluate
@@ -133,9 +140,11 @@ def run_demo(
 
     started = time.time()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise VaredError(f"{out} is not empty; choose another --out or pass --force to reuse it")
-    out.mkdir(parents=True, exist_ok=True)
+    if json_out is not None:
+        if Path(json_out).resolve().is_relative_to(out.resolve()):
+            raise OutputError(f"--json {json_out} is inside --out {out}; write the summary elsewhere")
+        check_output_path(json_out, force, what="--json")
+    _prepare_folder(out, force)
     torch.manual_seed(seed)
     s = settings
     clip = dict(frames=s.frames, stride=s.stride, size=s.size, normalization="kinetics")
@@ -143,8 +152,6 @@ def run_demo(
 
     on_step("1. Data", f"writing a synthetic action dataset to {data}: 4 classes told apart by appearance alone "
                        "(a still textured square), 4 by motion (rise, fall, drift, shake)")
-    if data.exists():
-        shutil.rmtree(data)
     total = 8 * (s.train_per_class + s.val_per_class)
     advance = progress("writing videos", total)
     index = write_synthetic_dataset(data, train_per_class=s.train_per_class, val_per_class=s.val_per_class,
@@ -169,8 +176,7 @@ def run_demo(
     train_classifier(baseline, epochs, len(train_loader), s.baseline_epochs, lr=3e-3, on_step=lambda step, loss: advance(1))
     original_top1 = top1(baseline, val_batches, torch.device("cpu"))
     baseline_path = out / "baseline.pth"
-    with atomic_output(baseline_path, force=True) as tmp:
-        torch.save(baseline.state_dict(), tmp)
+    save_torch_file(baseline.state_dict(), baseline_path, force=True)
 
     on_step("3. Convert", "rewriting its convolutions into dynamic ones with torch.fx, and verifying that the full "
                           "path reproduces the original exactly")
@@ -183,8 +189,6 @@ def run_demo(
                            "distillation from the full path + λ·(F − τ)²), the backbone frozen")
     adaptive_path = out / "adaptive.pth"
     run_dir = out / "run"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
     finetune(converted_path, dict(
         data=str(data), target_flops=s.target_flops, epochs=s.finetune_epochs, warmup_epochs=s.warmup_epochs,
         batch_size=s.batch_size, frames=s.frames, stride=s.stride, size=s.size, train_clips=s.finetune_clips,
@@ -206,7 +210,8 @@ def run_demo(
     plot_layer_savings(profile, out / "savings.png")
     shares = _class_shares(profile.class_histograms)
     plot_class_decisions(profile.class_histograms, out / "decisions.png",
-                         title="Options chosen per class (static classes left of motion ones in the table)")
+                         title="Options chosen per class (static classes left, motion classes right)",
+                         order=[c for c in classes if c in STATIC_CLASSES] + [c for c in classes if c not in STATIC_CLASSES])
 
     on_step("6. Export", "writing ONNX and checking it against PyTorch with ONNX Runtime")
     files = {"dataset": str(data), "baseline": str(baseline_path), "converted": str(converted_path),
@@ -233,7 +238,7 @@ def run_demo(
         f"vared export {adaptive_path} --onnx {out / 'adaptive.onnx'}",
     ]
     lat = profile.latency.to_dict() if profile.latency else {}
-    return DemoResult(
+    result = DemoResult(
         out=out, classes=classes, original_top1=original_top1, adaptive_top1=report.clip_top1,
         full_path_top1=full_path_top1, cheapest_top1=cheapest_top1,
         original_gflops=report.original_gflops, adaptive_gflops=report.adaptive_gflops, flops_ratio=report.flops_ratio,
@@ -241,6 +246,35 @@ def run_demo(
         class_option_share={c: v["options"] for c, v in shares.items()}, files=files, commands=commands,
         seconds=time.time() - started,
     )
+    if json_out is not None:
+        from .api import write_json
+
+        write_json(json_out, result.to_dict(), force=force)
+    return result
+
+
+def _prepare_folder(out: Path, force: bool) -> None:
+    """Make ``out`` ready for a run: absent or empty, or (with ``force``) an earlier demo's folder, whose outputs
+    are removed. A folder holding anything else is refused, with or without ``force``."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder")
+    entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if entries:
+        if not force:
+            raise OutputError(f"--out {out} is not empty; choose another folder, or pass --force to replace an "
+                              "earlier demo run in it")
+        foreign = sorted(entries - set(DEMO_FILES) - {MARKER})
+        if MARKER not in entries or foreign:
+            shown = ", ".join(foreign[:3]) or "no .vared-demo marker"
+            raise OutputError(f"--out {out} holds files that vared demo did not write ({shown}); --force only "
+                              "replaces an earlier demo run: choose another folder")
+        for name in entries & set(DEMO_FILES):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    if not out.parent.is_dir():
+        raise OutputError(f"--out {out}: folder {out.parent} does not exist")
+    out.mkdir(exist_ok=True)
+    (out / MARKER).write_text("written by vared demo; `vared demo --force` replaces this folder's demo files\n")
 
 
 def _class_shares(histograms: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:

@@ -20,6 +20,7 @@ trace (SlowFast) export the same way.
 from __future__ import annotations
 
 import contextlib
+import io
 import copy
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,7 +38,7 @@ from .files import atomic_output, check_output_path
 from .nn import TRACE, AdaptiveBlock, AdaptiveLayer, adaptive_layers, option_index, recording, set_execution
 from .nn.dynamic_conv import Conv3dFunction
 from .nn.frame_conv import FrameConv3d, lowered_conv3d
-from .recipe import model_info, replace_module
+from .recipe import replace_module
 
 __all__ = [
     "ConditionalConv3d",
@@ -157,11 +158,36 @@ def static_model(model: nn.Module, policy: Mapping[str, int], lowering: str = "n
 
 
 def static_policy(model: nn.Module, option: tuple[int, float]) -> dict[str, int]:
-    """Every layer's index of option ``(temporal, channel_ratio)`` (the nearest one a layer offers)."""
+    """Every layer's index of option ``(temporal, channel_ratio)``, which must be in the model's search space (a
+    layer that lacks it, e.g. a grouped conv's channel ratios, runs the nearest option it offers)."""
+    from .profile import check_option
+
+    check_option(model, option)
     temporal, ratio = option
-    if temporal < 1 or not 0 < ratio <= 1:
-        raise VaredError(f"--option T,C needs T >= 1 and 0 < C <= 1, got {temporal},{ratio}")
     return {name: option_index(layer, temporal, ratio) for name, layer in adaptive_layers(model)}
+
+
+def policy_labels(model: nn.Module, policy: Mapping[str, int]) -> dict[str, str]:
+    """Each layer's option of a static policy as the ``--option`` flag writes it (``"2,0.5"``)."""
+    from .profile import option_label
+
+    layers = dict(adaptive_layers(model))
+    return {name: option_label(*layers[name].options[index].as_list(), layers[name].width)
+            for name, index in policy.items()}
+
+
+def policy_from_data(model: nn.Module, root: str, *, split: str = "val", layout: str = "auto",
+                     max_clips: int = 256, batch_size: int = 8, workers: int = 2) -> dict[str, int]:
+    """:func:`most_frequent_policy` over up to ``max_clips`` clips of one split of a dataset."""
+    from itertools import islice
+
+    from .checks import integer
+    from .predict import clip_loader
+
+    integer("max_clips", max_clips, 1)
+    loader = clip_loader(model, root, split=split, layout=layout, batch_size=batch_size, workers=workers)
+    batches = (b["clip"] for b in islice(loader, -(-max_clips // batch_size)) if b["clip"] is not None)
+    return most_frequent_policy(model, batches)
 
 
 @torch.no_grad()
@@ -222,14 +248,10 @@ def _decisions(model: nn.Module, policy: Mapping[str, int] | None) -> Iterator[N
 
 
 def _input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
-    if input_shape is None:
-        info = model_info(model)
-        if info is None or info.recipe is None:
-            raise VaredError("give the clip shape with --input-shape C,T,H,W (the model records none)")
-        input_shape = info.recipe.input_shape
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 4 or min(shape) < 1:
-        raise VaredError(f"--input-shape must be four positive integers C,T,H,W, got {shape}")
+    from .shapes import check_clip_shape, resolve_clip_shape
+
+    shape = resolve_clip_shape(model, input_shape)
+    check_clip_shape(model, shape)
     return shape
 
 
@@ -291,6 +313,7 @@ def export_model(
     clips: Sequence[torch.Tensor] | None = None,
     force: bool = False,
     lowering: str = "none",
+    inputs: Sequence[str | os.PathLike] = (),
 ) -> list[ExportResult]:
     """Export an adaptive model as ONNX and/or a ``torch.export`` program (``.pt2``), verified.
 
@@ -303,6 +326,7 @@ def export_model(
         verify: compare every written file with PyTorch eager on ``clips``; above ``atol`` raise and write nothing.
         clips: the sample inputs for verification (default: seeded random clips of the export shape).
         force: overwrite existing outputs.
+        inputs: files the outputs must not be (the model file it was loaded from).
         lowering: ``"frames"`` writes each ungrouped ``k_t×k×k`` conv as 2-D convs over frames (faster in ONNX
             Runtime on the CPU, where a 3-D conv's unfolding does not shrink with the channels an option
             computes); ``"none"`` keeps 3-D convs.
@@ -313,7 +337,7 @@ def export_model(
         raise VaredError("export runs on the CPU: move the model there first (model.cpu())")
     outputs = [(Path(p), kind) for p, kind in ((onnx, "onnx"), (pt2, "pt2")) if p is not None]
     for path, _ in outputs:
-        check_output_path(path, force)
+        check_output_path(path, force, inputs)
     shape = _input_shape(model, input_shape)
     dynamic = policy is None
     module = conditional_model(model, lowering) if dynamic else static_model(model, policy, lowering)
@@ -329,12 +353,13 @@ def export_model(
 
     results = []
     for path, kind in outputs:
-        with atomic_output(path, force) as tmp:
+        with atomic_output(path, force, inputs) as tmp:
             if kind == "onnx":
                 _onnx_program(program).save(tmp, external_data=False)
             else:
-                with open(tmp, "wb") as fh:  # a file object: the .pt2 writer insists on the suffix of a path
-                    torch.export.save(program, fh)
+                buffer = io.BytesIO()  # written by Python, so that a full disk is an OSError naming its cause
+                torch.export.save(program, buffer)
+                tmp.write_bytes(buffer.getbuffer())
             error = None
             if verify:
                 error = _max_error(expected, (_run_onnx if kind == "onnx" else _run_pt2)(tmp, clips))

@@ -1,43 +1,107 @@
-"""Writing outputs safely: into a temporary file beside the target, renamed into place only when complete."""
+"""Writing outputs safely: checked before any work, written to a temporary file, renamed into place when complete.
+
+The rules every command follows:
+
+* an output is never one of the command's inputs (the same path, a link to it, or the same file);
+* an existing output is replaced only with ``force``;
+* the output's folder must exist and accept a new file, checked before the work starts;
+* a failure, Ctrl-C or SIGTERM leaves no partial or temporary file, and the previous output untouched;
+* a finished file has the permissions the user's umask gives (not the temporary file's 0600).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from .errors import VaredError
+from .errors import OutputError
 
-__all__ = ["atomic_output", "check_output_path"]
+__all__ = ["atomic_output", "check_output_path", "same_file"]
 
 
-def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
-    """Refuse to overwrite an existing file without ``force``; make sure the folder exists."""
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` name one file (the same path, a link to it, or a hard link)."""
+    a, b = Path(a), Path(b)
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):  # a symlink loop resolves nowhere
+        return False
+
+
+def _probe_folder(folder: Path, what: str) -> None:
+    """Create and remove one empty file in ``folder``: a read-only or unusable folder fails now, not after the work."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".vared-probe.", dir=folder)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            reason = "read-only" if exc.errno == errno.EROFS else "not writable"
+        raise OutputError(f"{what} {folder}: cannot write there ({reason})") from exc
+    os.close(fd)
+    os.unlink(name)
+
+
+def check_output_path(
+    path: str | os.PathLike,
+    force: bool = False,
+    inputs: Iterable[str | os.PathLike] = (),
+    what: str = "output",
+) -> Path:
+    """Check that ``path`` may be written, before any work: not an input, not existing without ``force``, in a
+    folder that exists and is writable. Returns the path; raises :class:`~vared_convert.errors.OutputError`."""
     path = Path(path)
+    for source in inputs:
+        if same_file(path, source):
+            raise OutputError(f"{what} {path} is the input {source}; write it somewhere else")
     if path.is_dir():
-        raise VaredError(f"output {path} is a directory; give a file name")
+        raise OutputError(f"{what} {path} is a directory; give a file name")
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"{what} {path} is a broken symbolic link")
     if path.exists() and not force:
-        raise VaredError(f"output {path} exists; pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
+        raise OutputError(f"{what} {path} exists; pass --force to overwrite it")
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputError(f"{what} {path}: folder {folder} does not exist")
+    _probe_folder(folder, what)
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike, force: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it to ``path`` only if the block succeeds.
 
-    A crash or an exception leaves no partial file behind, and never touches an existing ``path``.
+    A crash, an exception or an interrupt leaves no partial file behind and never touches an existing ``path``.
+    A write that fails for lack of space or permission is an :class:`~vared_convert.errors.OutputError`.
     """
-    path = check_output_path(path, force)
+    path = check_output_path(path, force, inputs)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO):
+                raise OutputError(f"could not write {path}: {exc.strerror}; nothing was written") from exc
+            raise
     finally:
         tmp.unlink(missing_ok=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from .files import atomic_output
 
@@ -22,7 +22,8 @@ def _pyplot():
     return plt
 
 
-def plot_layer_savings(report: "ProfileReport", path: str | os.PathLike) -> None:
+def plot_layer_savings(report: "ProfileReport", path: str | os.PathLike,
+                       inputs: Sequence[str | os.PathLike] = ()) -> None:
     """Horizontal bars: each conv's original GFLOPs behind its adaptive GFLOPs, biggest layers on top."""
     plt = _pyplot()
     rows = list(reversed(report.layers))
@@ -44,15 +45,17 @@ def plot_layer_savings(report: "ProfileReport", path: str | os.PathLike) -> None
     ax.tick_params(axis="y", labelsize=7)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    with atomic_output(path, force=True) as tmp:
+    with atomic_output(path, force=True, inputs=inputs) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 
-def plot_class_decisions(histograms: dict[str, dict[str, int]], path: str | os.PathLike, title: str = "") -> None:
-    """Stacked bars: for each class, the share of layer decisions that took each option."""
+def plot_class_decisions(histograms: dict[str, dict[str, int]], path: str | os.PathLike, title: str = "",
+                         order: Sequence[str] | None = None) -> None:
+    """Stacked bars: for each class (in ``order``, default by name), the share of layer decisions that took each
+    option."""
     plt = _pyplot()
-    classes = sorted(histograms)
+    classes = [c for c in order if c in histograms] if order is not None else sorted(histograms)
     options = sorted({o for h in histograms.values() for o in h}, key=lambda s: (-float(s.split(",")[1]), int(s.split(",")[0])))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(classes) + 2), 4))
     bottom = [0.0] * len(classes)

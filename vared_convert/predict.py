@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from .checks import integer
 from .errors import VaredError
 from .flops import CostModel
 from .nn import adaptive_layers, recording
@@ -164,19 +165,43 @@ def clip_loader(
     """
     from .data.dataset import VideoClipDataset, make_loader
     from .data.layouts import index_dataset
+    from .shapes import check_clip_shape
 
+    integer("stride", stride, 1)
+    integer("clips_per_video", clips_per_video, 1)
+    integer("batch_size", batch_size, 1)
+    integer("workers", workers, 0)
+    for name, value in (("frames", frames), ("size", size)):
+        if value is not None:
+            integer(name, value, 1)
     info = model_info(model)
     shape = info.recipe.input_shape if info is not None and info.recipe is not None else None
     if (frames is None or size is None) and shape is None:
         raise VaredError("the model records no clip shape: give --frames and --size")
+    frames = frames if frames is not None else shape[1]
+    size = size if size is not None else shape[2]
+    clip_shape = (3 if shape is None else shape[0], frames, size, size)
+    check_clip_shape(model, clip_shape, what="--frames/--size clip")
     index = index_dataset(root, layout, class_names=info.class_names if info is not None else None)
+    outputs = _head_outputs(model, clip_shape)
+    if outputs is not None and outputs != len(index.classes):
+        raise VaredError(f"{root} has {len(index.classes)} classes but the model's head has {outputs} outputs; "
+                         "evaluate it on the dataset it was trained for (or finetune it with --reset-head)")
     dataset = VideoClipDataset.from_index(
-        index, split, train=False, frames=frames or shape[1], stride=stride, size=size or shape[2],
-        clips_per_video=clips_per_video, normalization=info.arch.normalization if info is not None else "kinetics",
+        index, split, train=False, frames=frames, stride=stride, size=size, clips_per_video=clips_per_video,
+        normalization=info.arch.normalization if info is not None else "kinetics",
     )
     if len(dataset) == 0:
         raise VaredError(f"the '{split}' split of {root} has no videos")
     return make_loader(dataset, batch_size, workers)
+
+
+def _head_outputs(model: nn.Module, clip_shape: Sequence[int]) -> int | None:
+    """The number of classes the model scores, from a run on a meta clip (None where it cannot run on meta)."""
+    from .shapes import output_shape
+
+    shape = output_shape(model, clip_shape)
+    return shape[-1] if shape is not None and len(shape) == 2 else None
 
 
 def evaluate_dataset(model: nn.Module, root: str, *, device: torch.device | str = "cpu",

@@ -22,14 +22,17 @@ import torch
 from torch import nn
 
 from .arch import build_model
+from .checks import integer
 from .errors import VaredError
 from .flops import CostModel
 from .blocks import block_members
 from .nn import adaptive_layers, forced_policy, option_index, recording
 from .recipe import model_info
+from .shapes import check_clip_shape, resolve_clip_shape
 from .timing import Timing, measure_interleaved
 
-__all__ = ["LayerProfile", "ProfileReport", "profile_model", "original_network", "option_label", "parse_option"]
+__all__ = ["LayerProfile", "ProfileReport", "profile_model", "profile_dataset", "original_network", "option_label",
+           "parse_option", "check_option"]
 
 
 def option_label(temporal: int, channels: int, out_channels: int) -> str:
@@ -207,6 +210,56 @@ def _run(model: nn.Module, clip: torch.Tensor) -> torch.Tensor:
         raise VaredError(f"the model rejects clips of shape {tuple(clip.shape[1:])}: {first}") from exc
 
 
+def profile_dataset(
+    model: nn.Module,
+    root: str,
+    clips: int = 64,
+    *,
+    split: str = "val",
+    layout: str = "auto",
+    stride: int = 4,
+    workers: int = 2,
+    input_shape: Sequence[int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **options: Any,
+) -> ProfileReport:
+    """:func:`profile_model` with the gates deciding on up to ``clips`` clips of one split of a dataset.
+
+    ``input_shape`` sets the frames and crop size (default: the recipe's); ``progress(done, total)`` follows the
+    clips; ``options`` are :func:`profile_model`'s (``option``, ``latency``, ``repeats``).
+    """
+    from .predict import clip_loader
+
+    integer("clips", clips, 1)
+    frames, size = (input_shape[1], input_shape[2]) if input_shape is not None else (None, None)
+    loader = clip_loader(model, root, split=split, layout=layout, frames=frames, size=size, stride=stride,
+                         batch_size=min(8, clips), workers=workers)
+    total = min(clips, len(loader.dataset))
+    info = model_info(model)
+    class_names = (info.class_names if info is not None else None) or loader.dataset.classes
+    done = 0
+
+    def batches() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        nonlocal done
+        for batch in loader:
+            if batch.get("clip") is None:
+                continue
+            x, y = batch["clip"][: total - done], batch["label"][: total - done]
+            yield x, y
+            if done >= total:
+                return
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    if progress:
+        progress(0, total)
+    return profile_model(model, clips=batches(), class_names=class_names, on_batch=advance, **options)
+
+
 @torch.no_grad()
 def profile_model(
     model: nn.Module,
@@ -230,23 +283,24 @@ def profile_model(
         latency: time the original network and the adaptive model on the same inputs (batch 1).
         on_batch: called with the number of clips after each batch (progress bars).
     """
-    info = model_info(model)
+    integer("repeats", repeats, 1)
+    integer("warmup", warmup, 0)
+    integer("latency_clips", latency_clips, 1)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     model.eval()
     layers = adaptive_layers(model)
     if option is not None:
-        _check_option(model, option)
+        check_option(model, option)
     iterator = iter(clips) if clips is not None else None
     first = next(iterator, None) if iterator is not None else None
     if clips is not None and first is None:
         raise VaredError("no clip could be read from the data")
     if first is not None:
         input_shape = tuple(first[0].shape[1:])
-    elif input_shape is None:
-        if info is None or info.recipe is None:
-            raise VaredError("give the clip shape with --input-shape C,T,H,W (a plain model carries no recipe)")
-        input_shape = tuple(info.recipe.input_shape)
+    else:
+        input_shape = resolve_clip_shape(model, input_shape)
+        check_clip_shape(model, input_shape)
     input_shape = tuple(int(s) for s in input_shape)
     try:
         costs = CostModel(model, input_shape)
@@ -312,7 +366,8 @@ def profile_model(
     return report
 
 
-def _check_option(model: nn.Module, option: tuple[int, float]) -> None:
+def check_option(model: nn.Module, option: tuple[int, float]) -> None:
+    """Refuse an option ``(T, C)`` that is not in the model's search space (one line naming the space)."""
     info = model_info(model)
     layers = adaptive_layers(model)
     if not layers:

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -25,7 +26,7 @@ def class_decision_table(result: Any, title: str = "Decisions per class (share o
         counts = result.class_counts[i]
         total = max(1, sum(counts))
         top1 = f"{result.per_class_top1[i]:.1f}" if result.per_class_top1 else ""
-        table.add_row(name, top1, f"{100 * result.temporal_share(i):.0f}%",
+        table.add_row(escape(name), top1, f"{100 * result.temporal_share(i):.0f}%",
                       *[f"{100 * n / total:.0f}%" for n in counts])
     return table
 
@@ -40,7 +41,7 @@ class FinetuneDisplay:
         self.progress = progress or Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, disable=not self.active,
+            console=console, disable=not self.active or not console.is_terminal,
         )
         self.task: Any = None
         self.steps_per_epoch = 1
@@ -65,7 +66,7 @@ class FinetuneDisplay:
                                            stats="")
 
     def _on_resumed(self, data: dict[str, Any]) -> None:
-        self.progress.console.print(f"resumed from {data['path']} at epoch {data['epoch'] + 1}, step {data['step']}")
+        self.progress.console.print(f"resumed from {escape(data['path'])} at epoch {data['epoch'] + 1}, step {data['step']}")
 
     def _on_tick(self, data: dict[str, Any]) -> None:
         self.progress.update(self.task, completed=data["step"])
@@ -87,10 +88,10 @@ class FinetuneDisplay:
 
     def _on_failed(self, data: dict[str, Any]) -> None:
         for path, reason in data["files"]:
-            self.progress.console.print(f"[yellow]skipped unreadable video[/] {path}: {reason}")
+            self.progress.console.print(f"[yellow]skipped unreadable video[/] {escape(str(path))}: {escape(str(reason))}")
 
     def _on_interrupted(self, data: dict[str, Any]) -> None:
-        self.progress.console.print(f"[yellow]interrupted[/] at step {data['step']}: saved {data['path']}")
+        self.progress.console.print(f"[yellow]interrupted[/] at step {data['step']}: saved {escape(data['path'])}")
 
     def _on_done(self, data: dict[str, Any]) -> None:
         result = data["result"]
@@ -103,4 +104,4 @@ class FinetuneDisplay:
                 self.progress.console.print(f"best epoch {best['epoch']}: top-1 {best['top1']:.1f}, FLOPs ratio "
                                    f"{best['flops_ratio']:.3f}" + ("" if best["meets_budget"] else " (over budget)"))
             if result.out:
-                self.progress.console.print(f"wrote {result.out} (run folder {result.run_dir})")
+                self.progress.console.print(escape(f"wrote {result.out} (run folder {result.run_dir})"))

@@ -118,5 +118,9 @@ def apply_recipe(model: nn.Module, recipe: Recipe) -> nn.Module:
             raise VaredError(f"recipe names {layer.name!r}, which this architecture does not have") from exc
         if not isinstance(conv, nn.Conv3d):
             raise VaredError(f"recipe names {layer.name!r}, a {type(conv).__name__}, not a Conv3d")
-        replace_module(model, layer.name, DynamicConv3d.from_conv(conv, layer.options, layer.gate_hidden))
+        try:
+            dynamic = DynamicConv3d.from_conv(conv, layer.options, layer.gate_hidden)
+        except (ValueError, TypeError) as exc:
+            raise VaredError(f"recipe does not fit this architecture at {layer.name!r}: {exc}") from exc
+        replace_module(model, layer.name, dynamic)
     return model

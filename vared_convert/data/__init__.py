@@ -1,9 +1,10 @@
-"""Video data: dataset layouts, PyAV clip decoding, clip sampling, transforms, the loader, checks, synthetic data."""
+"""Video data: dataset layouts (and published annotation files), PyAV clip decoding, clip sampling, transforms,
+the loader, checks, synthetic data."""
 
 from .check import DatasetReport, UnreadableVideo, check_dataset
 from .dataset import ClipLoader, FailureLog, VideoClipDataset, collate_clips, make_loader
-from .decode import DecodeError, VideoInfo, VideoReader, probe_video, read_frames
-from .layouts import LAYOUTS, VideoIndex, VideoRecord, index_dataset
+from .decode import DecodeError, StreamScan, VideoInfo, VideoReader, probe_video, read_frames
+from .layouts import LAYOUTS, MissingVideo, VideoIndex, VideoRecord, index_dataset
 from .sampling import clip_span, clip_starts, clip_times
 from .synthetic import CLASSES as SYNTHETIC_CLASSES
 from .synthetic import write_synthetic_dataset
@@ -18,6 +19,8 @@ __all__ = [
     "DatasetReport",
     "DecodeError",
     "FailureLog",
+    "MissingVideo",
+    "StreamScan",
     "UnreadableVideo",
     "VideoClipDataset",
     "VideoIndex",

@@ -22,9 +22,9 @@ from ..errors import VaredError
 from .decode import DecodeError, VideoReader
 from .layouts import VideoIndex, VideoRecord
 from .sampling import clip_span, clip_starts, clip_times
-from .transforms import ClipTransform, Stats, short_side_size
+from .transforms import ClipTransform, Stats
 
-__all__ = ["ClipLoader", "FailureLog", "VideoClipDataset", "collate_clips", "make_loader"]
+__all__ = ["ClipLoader", "FailureLog", "VideoClipDataset", "clip_window", "collate_clips", "make_loader"]
 
 Item = dict[str, Any]
 
@@ -103,15 +103,27 @@ class VideoClipDataset(Dataset):
     def _read(self, record: VideoRecord, clip: int, rng: random.Random) -> torch.Tensor:
         with VideoReader(record.path) as reader:
             info = reader.info
-            end = info.duration if record.end is None else min(record.end, info.duration)
-            begin = min(record.start or 0.0, end)
+            begin, end = clip_window(record, info.duration, info.fps)
             span = clip_span(self.frames, self.stride, info.fps)
             if self.train:
                 start = clip_starts(begin, end, span, train=True, rng=rng)[0]
             else:
                 start = clip_starts(begin, end, span, train=False, clips=self.clips_per_video)[clip]
             times = clip_times(start, self.frames, self.stride, info.fps, end=end)
-            return reader.read(times, size=short_side_size(info.height, info.width, self.transform.short_side))
+            return reader.read(times, short_side=self.transform.short_side)
+
+
+def clip_window(record: VideoRecord, duration: float, fps: float) -> tuple[float, float]:
+    """Where clips of ``record`` may lie, seconds from its first frame: its annotated window cut to the video.
+
+    `DecodeError` when the video ends before the window holds a frame (a Kinetics download that stops early).
+    """
+    end = duration if record.end is None else min(record.end, duration)
+    begin = record.start or 0.0
+    if record.start is not None and duration < begin + 1.0 / fps:
+        window = f"{record.start:g}-{record.end:g} s" if record.end is not None else f"from {record.start:g} s"
+        raise DecodeError(record.path, f"the video ends at {duration:.2f} s, before its annotated window {window}")
+    return min(begin, end), end
 
 
 def collate_clips(items: Sequence[Item]) -> dict[str, Any]:
@@ -163,9 +175,10 @@ class FailureLog:
             path, reason = next(iter(self._reasons.items()))
             raise VaredError(f"none of the {self.count} videos could be decoded (e.g. {path}: {reason})")
 
-    def update(self, batch: dict[str, Any]) -> None:
-        """`add` a batch from `collate_clips`."""
+    def update(self, batch: dict[str, Any]) -> list[tuple[str, str]]:
+        """`add` a batch from `collate_clips`; return the failures not returned before (see `new`)."""
         self.add(batch["failed"], decoded=len(batch["path"]))
+        return self.new()
 
     def new(self) -> list[tuple[str, str]]:
         """Failures not returned before, as ``(path, reason)``; each path comes out once."""

@@ -1,29 +1,53 @@
 """Find the videos of a dataset and their labels, whatever the layout on disk.
 
-Three layouts, detected in this order by ``layout="auto"``:
+Layouts, detected in this order by ``layout="auto"``:
 
-* ``"kinetics"``: the official Kinetics annotation CSVs (``label,youtube_id,time_start,time_end,split``) in
-  ``ROOT`` or ``ROOT/annotations``, beside videos anywhere under ``ROOT`` named either
-  ``<youtube_id>_<start:06d>_<end:06d>.<ext>`` (already cut) or ``<youtube_id>.<ext>`` (the whole video; the
-  annotated window is cut at decode time).
-* ``"lists"``: ``ROOT/{train,val,test}.{csv,txt}`` with one ``path label`` line per video, space or comma
-  separated (PySlowFast, pytorchvideo, mmaction2); paths relative to ``ROOT``; labels all integers (indices
-  into the class list: ``class_names``, else ``ROOT/classes.txt``, else ``"0"``, ``"1"``, ...) or class names.
+* ``"kinetics"``, ``"ssv2"``, ``"ucf101"`` (``"ucf101:2"`` for split 2), ``"hmdb51"`` (``"hmdb51:3"``): the
+  annotation files of those datasets as published (`vared_convert.data.published`).
+* ``"lists"``: ``ROOT/{train,val,test}.{csv,txt}`` with one ``path label`` line per video (PySlowFast,
+  pytorchvideo, mmaction2; see `vared_convert.data.listfiles` for how lines are read); paths relative to
+  ``ROOT`` (``..`` may not leave it; absolute paths are allowed and noted); labels all class names, or all
+  integers indexing the class list: ``class_names``, else a class file in ``ROOT`` (``classes.txt``,
+  ``classInd.txt`` numbered from 1, ``label_map*.txt``), else ``num_classes`` classes named ``"0"``, ``"1"``,
+  ..., else as many as the highest label + 1 (a note says so).
 * ``"folders"``: ``ROOT/{train,val,test}/<class>/<video>``, classes sorted by name.
 """
 
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass, field
+import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..errors import VaredError
+from .listfiles import INTEGER, ClassFile, ListRow, find_class_file, read_class_file, read_list
+from .published import (
+    hmdb51_folder,
+    index_hmdb51,
+    index_kinetics,
+    index_ssv2,
+    index_ucf101,
+    is_kinetics_csv,
+    kinetics_csvs,
+    ssv2_folder,
+    ucf101_folder,
+)
+from .records import (
+    SPLIT_ALIASES,
+    VIDEO_EXTENSIONS,
+    MissingVideo,
+    VideoIndex,
+    VideoRecord,
+    checked_class_names,
+    is_video,
+    normalize_split,
+    resolve_classes,
+)
 
 __all__ = [
     "LAYOUTS",
     "VIDEO_EXTENSIONS",
+    "MissingVideo",
     "VideoIndex",
     "VideoRecord",
     "detect_layout",
@@ -31,118 +55,82 @@ __all__ = [
     "normalize_split",
 ]
 
-LAYOUTS = ("folders", "lists", "kinetics")
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv", ".3gp", ".ts"}
-)
-SPLIT_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validate": "val",
-    "validation": "val",
-    "test": "test",
-}
+LAYOUTS = ("folders", "lists", "kinetics", "ucf101", "hmdb51", "ssv2")
+SPLIT_NUMBERS = {"ucf101": (1, 2, 3), "hmdb51": (1, 2, 3)}
 LIST_SUFFIXES = (".csv", ".txt")
-LIST_HEADER_FIELDS = {"path", "video", "video_path", "file", "filename"}
-KINETICS_FIELDS = {"youtube_id", "time_start", "time_end"}
+SHOWN_IN_NOTES = 3  # examples a note quotes
 
 
-@dataclass(frozen=True)
-class VideoRecord:
-    """One labelled video; ``start``/``end`` (seconds) restrict it to a window cut at decode time."""
-
-    path: Path
-    label: int
-    start: float | None = None
-    end: float | None = None
-
-
-@dataclass
-class VideoIndex:
-    """The videos of a dataset per split, with the class list their labels index into."""
-
-    classes: list[str]
-    splits: dict[str, list[VideoRecord]]
-    layout: str
-    missing: dict[str, int] = field(default_factory=dict)  # annotated videos absent from disk, per split
-
-    def split(self, name: str) -> list[VideoRecord]:
-        """The records of one split (``validate``/``valid`` mean ``val``); a missing split is a `VaredError`."""
-        key = normalize_split(name) or name
-        if key not in self.splits:
-            raise VaredError(f"no '{name}' split in this dataset (found: {', '.join(self.splits) or 'none'})")
-        return self.splits[key]
-
-
-def normalize_split(name: str) -> str | None:
-    """``"validate"`` -> ``"val"``; ``None`` for a name that is not a split."""
-    return SPLIT_ALIASES.get(name.strip().lower())
-
-
-def index_dataset(root: str | Path, layout: str = "auto", class_names: Sequence[str] | None = None) -> VideoIndex:
+def index_dataset(
+    root: str | Path,
+    layout: str = "auto",
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+) -> VideoIndex:
     """Index the videos under ``root``.
 
     ``class_names`` (the list a model checkpoint stores) fixes the class order, so label ``i`` means
     ``class_names[i]`` whatever the data contains; a class in the data that the list lacks is a `VaredError`.
+    ``num_classes`` is the class count of a list layout with integer labels and no class names.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise VaredError(f"no such dataset directory: {root}")
-    if layout not in ("auto", *LAYOUTS):
-        raise VaredError(f"unknown layout '{layout}' (choose auto, {', '.join(LAYOUTS)})")
+    name, _, number = layout.partition(":")
+    if name not in ("auto", *LAYOUTS) or (number and not _split_number(name, number)):
+        raise VaredError(f"unknown layout '{layout}' (choose auto, {', '.join(LAYOUTS)}; ucf101:N and hmdb51:N read "
+                         "split N = 1, 2 or 3)")
     if class_names is not None:
-        class_names = _checked_class_names(class_names)
-    if layout == "auto":
-        layout = detect_layout(root)
-    if layout == "kinetics":
-        index = _index_kinetics(root, class_names)
-    elif layout == "lists":
-        index = _index_lists(root, class_names)
+        class_names = checked_class_names(class_names)
+    if num_classes is not None and num_classes < 1:
+        raise VaredError(f"the class count must be at least 1, got {num_classes}")
+    if name == "auto":
+        name = detect_layout(root)
+    split_number = _split_number(name, number) or 1
+    if name == "kinetics":
+        index = index_kinetics(root, class_names)
+    elif name == "ssv2":
+        index = index_ssv2(root, class_names)
+    elif name == "ucf101":
+        index = index_ucf101(root, class_names, split_number)
+    elif name == "hmdb51":
+        index = index_hmdb51(root, class_names, split_number)
+    elif name == "lists":
+        index = _index_lists(root, class_names, num_classes)
     else:
         index = _index_folders(root, class_names)
     if not any(index.splits.values()):
-        raise VaredError(f"no videos found in {root} (layout '{layout}')")
+        missing = sum(len(m) for m in index.missing.values())
+        found = f": the annotations name {missing} videos, none on disk" if missing else ""
+        raise VaredError(f"no videos found in {root} (layout '{index.layout}'){found}")
+    if len(index.classes) == 1:
+        index.notes.append(f"only one class ('{index.classes[0]}'): a classifier needs two or more")
     return index
 
 
+def _split_number(layout: str, number: str) -> int | None:
+    if number.isdigit() and int(number) in SPLIT_NUMBERS.get(layout, ()):
+        return int(number)
+    return None
+
+
 def detect_layout(root: Path) -> str:
-    """The layout of ``root``: Kinetics CSVs first, then list files, then class folders."""
-    if _kinetics_csvs(root):
-        return "kinetics"
-    if _list_files(root):
-        return "lists"
-    if _split_dirs(root):
-        return "folders"
+    """The layout of ``root``: published annotation files first, then list files, then class folders."""
+    checks: list[tuple[str, Callable[[Path], object]]] = [
+        ("kinetics", kinetics_csvs),
+        ("ssv2", ssv2_folder),
+        ("ucf101", ucf101_folder),
+        ("hmdb51", hmdb51_folder),
+        ("lists", _list_files),
+        ("folders", _split_dirs),
+    ]
+    for name, found in checks:
+        if found(root):
+            return name
     raise VaredError(
         f"no videos found in {root}: expected ROOT/train/<class>/<video>, ROOT/train.csv with 'path label' lines, "
-        "or Kinetics annotation CSVs"
+        "or the annotation files of Kinetics, UCF101, HMDB51 or Something-Something v2"
     )
-
-
-def _checked_class_names(names: Sequence[str]) -> list[str]:
-    names = [str(n) for n in names]
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise VaredError(f"class '{name}' appears twice in the class list")
-        seen.add(name)
-    return names
-
-
-def _resolve_classes(found: set[str], class_names: list[str] | None) -> list[str]:
-    if class_names is None:
-        return sorted(found)
-    unknown = sorted(found - set(class_names))
-    if unknown:
-        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
-        raise VaredError(f"class '{unknown[0]}'{more} is in the data but not in the model's {len(class_names)} classes")
-    return class_names
-
-
-def _is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".") and path.is_file()
 
 
 # ---- folders ------------------------------------------------------------------------------------------------
@@ -163,9 +151,9 @@ def _index_folders(root: Path, class_names: list[str] | None) -> VideoIndex:
         per_class = {}
         for class_dir in sorted(split_dir.iterdir()):
             if class_dir.is_dir() and not class_dir.name.startswith("."):
-                per_class[class_dir.name] = sorted(p for p in class_dir.rglob("*") if _is_video(p))
+                per_class[class_dir.name] = sorted(p for p in class_dir.rglob("*") if is_video(p))
         videos[split] = per_class
-    classes = _resolve_classes({c for per_class in videos.values() for c in per_class}, class_names)
+    classes = resolve_classes({c for per_class in videos.values() for c in per_class}, class_names)
     label_of = {name: i for i, name in enumerate(classes)}
     splits = {
         split: [VideoRecord(path, label_of[c]) for c, paths in per_class.items() for path in paths]
@@ -183,106 +171,108 @@ def _list_files(root: Path) -> dict[str, Path]:
         for suffix in LIST_SUFFIXES:
             path = root / f"{name}{suffix}"
             split = SPLIT_ALIASES[name]
-            if split not in files and path.is_file() and not _is_kinetics_csv(path):
+            if split not in files and path.is_file() and not is_kinetics_csv(path):
                 files[split] = path
     return files
 
 
-def _read_list(path: Path) -> list[tuple[str, str, int]]:
-    """``(video path, label text, line number)`` per line; a header line naming the columns is skipped."""
-    lines = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1)]
-    lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
-    comma = bool(lines) and all("," in line for _, line in lines)
-    rows = []
-    for n, line in lines:
-        fields = next(csv.reader([line])) if comma else line.rsplit(maxsplit=1)
-        fields = [f.strip() for f in fields]
-        if len(fields) != 2 or not all(fields):
-            raise VaredError(f"{path}:{n}: expected 'path label', got '{line}'")
-        if not rows and fields[0].lower() in LIST_HEADER_FIELDS:
-            continue
-        rows.append((fields[0], fields[1], n))
-    return rows
-
-
-def _index_lists(root: Path, class_names: list[str] | None) -> VideoIndex:
+def _index_lists(root: Path, class_names: list[str] | None, num_classes: int | None) -> VideoIndex:
     files = _list_files(root)
-    rows = {split: _read_list(path) for split, path in files.items()}
-    labels = [label for split_rows in rows.values() for _, label, _ in split_rows]
-    integer = bool(labels) and all(label.isdigit() for label in labels)
+    rows = {split: read_list(path) for split, path in files.items()}
+    located = [(files[split], row) for split, split_rows in rows.items() for row in split_rows]
+    for path, row in located:
+        if row.label is None:
+            raise VaredError(f"{path}:{row.line}: expected 'path label', got '{row.path}'")
+    notes: list[str] = []
+    classes, label_of = _list_classes(root, located, class_names, num_classes, notes)
+    outside: list[str] = []
+    splits = {
+        split: [VideoRecord(_video_path(root, files[split], row, outside), label_of(files[split], row))
+                for row in split_rows]
+        for split, split_rows in rows.items()
+    }
+    if outside:
+        notes.append(f"{len(outside)} list entries are outside {root} (absolute paths), e.g. "
+                     + ", ".join(outside[:SHOWN_IN_NOTES]))
+    return VideoIndex(classes, splits, "lists", notes=notes)
+
+
+def _list_classes(
+    root: Path,
+    located: list[tuple[Path, ListRow]],
+    class_names: list[str] | None,
+    num_classes: int | None,
+    notes: list[str],
+) -> tuple[list[str], Callable[[Path, ListRow], int]]:
+    """The class list of a lists layout and a function giving each row's label (see the module's docstring)."""
+    integer = _labels_are_integers(located)
+    class_path = find_class_file(root)
+    numbering = read_class_file(class_path) if class_path else None
+    if integer and numbering is None:  # integers index the model's classes, or classes named "0", "1", ...
+        highest = max(int(row.label) for _, row in located)  # type: ignore[arg-type]
+        count = num_classes or highest + 1
+        numbering = ClassFile(None, class_names or [str(i) for i in range(count)], 0)
+        if class_names is None and num_classes is None:
+            lowest = min(int(row.label) for _, row in located)  # type: ignore[arg-type]
+            one_based = " (no label is 0: if they count from 1, number classInd.txt lines from 1)" if lowest > 0 else ""
+            notes.append(
+                f"no class names: {count} classes, numbered 0..{count - 1}, from the highest label ({highest}) + 1"
+                f"{one_based}; name them in {root / 'classes.txt'} (one per line) or give the count"
+            )
     if integer:
-        classes = class_names or _classes_file(root) or [str(i) for i in range(max(map(int, labels)) + 1)]
+        found = {numbering.names[_numbered(path, row, numbering)] for path, row in located}  # type: ignore[union-attr]
     else:
-        classes = _resolve_classes(set(labels), class_names)
-    label_of = {name: i for i, name in enumerate(classes)}
-    splits: dict[str, list[VideoRecord]] = {}
-    for split, split_rows in rows.items():
-        records = []
-        for video, label, n in split_rows:
-            index = int(label) if integer else label_of[label]
-            if index >= len(classes):
-                raise VaredError(f"{files[split]}:{n}: label {index} is out of range for {len(classes)} classes")
-            path = Path(video).expanduser()
-            records.append(VideoRecord(path if path.is_absolute() else root / path, index))
-        splits[split] = records
-    return VideoIndex(classes, splits, "lists")
+        found = {row.label for _, row in located}  # type: ignore[misc]
+        unknown = sorted(found - set(numbering.names)) if numbering else []
+        if unknown:
+            raise VaredError(f"class '{unknown[0]}' of the list files is not in {numbering.path}")  # type: ignore
+    if class_names is not None:
+        classes = resolve_classes(found, class_names)
+    else:
+        classes = numbering.names if numbering else resolve_classes(found, None)
+    position = {name: i for i, name in enumerate(classes)}
+    if integer:
+        return classes, lambda path, row: position[numbering.names[_numbered(path, row, numbering)]]  # type: ignore
+    return classes, lambda path, row: position[row.label]  # type: ignore[index]
 
 
-def _classes_file(root: Path) -> list[str] | None:
-    path = root / "classes.txt"
-    if not path.is_file():
-        return None
-    return _checked_class_names([line.strip() for line in path.read_text().splitlines() if line.strip()])
-
-
-# ---- kinetics -----------------------------------------------------------------------------------------------
-
-
-def _is_kinetics_csv(path: Path) -> bool:
-    if path.suffix.lower() != ".csv":
+def _labels_are_integers(located: list[tuple[Path, ListRow]]) -> bool:
+    """Whether the labels are integers; a `VaredError` at the first line of the rarer kind when mixed."""
+    kinds = [bool(INTEGER.fullmatch(row.label or "")) for _, row in located]
+    if not kinds:
         return False
-    with path.open(newline="") as f:
-        header = next(csv.reader(f), [])
-    return KINETICS_FIELDS <= {h.strip() for h in header}
+    integer = sum(kinds) * 2 >= len(kinds)
+    for (path, row), kind in zip(located, kinds):
+        if kind != integer:
+            what, others = ("an integer", "class names") if kind else ("a class name", "integers")
+            raise VaredError(f"{path}:{row.line}: label '{row.label}' is {what} but the other labels are {others}; "
+                             "use one or the other")
+    return integer
 
 
-def _kinetics_csvs(root: Path) -> list[Path]:
-    folders = [root, root / "annotations"]
-    return [p for folder in folders if folder.is_dir() for p in sorted(folder.glob("*.csv")) if _is_kinetics_csv(p)]
+def _numbered(path: Path, row: ListRow, numbering: ClassFile) -> int:
+    """The index into ``numbering``'s names that an integer label gives; a `VaredError` out of range."""
+    index = int(row.label) - numbering.base  # type: ignore[arg-type]
+    if not 0 <= index < len(numbering.names):
+        first, count = numbering.base, len(numbering.names)
+        of = f" of {numbering.path.name}" if numbering.path else ""
+        raise VaredError(
+            f"{path}:{row.line}: label {row.label} is out of range for the {count} classes{of} "
+            f"({first}..{first + count - 1})"
+        )
+    return index
 
 
-def _index_kinetics(root: Path, class_names: list[str] | None) -> VideoIndex:
-    csvs = _kinetics_csvs(root)
-    if not csvs:
-        raise VaredError(f"no Kinetics annotation CSVs (label,youtube_id,time_start,time_end,split) in {root}")
-    rows: list[tuple[str, str, str, float, float]] = []  # split, label, youtube id, start, end
-    for path in csvs:
-        with path.open(newline="") as f:
-            for n, row in enumerate(csv.DictReader(f, skipinitialspace=True), 2):
-                split, label = normalize_split(row.get("split") or path.stem), (row.get("label") or "").strip()
-                if not split or not label:  # test sets come without labels
-                    continue
-                try:
-                    youtube_id, start, end = row["youtube_id"].strip(), float(row["time_start"]), float(row["time_end"])
-                except (AttributeError, TypeError, ValueError):
-                    raise VaredError(f"{path}:{n}: expected youtube_id, time_start, time_end, got {row}") from None
-                rows.append((split, label, youtube_id, start, end))
-    classes = _resolve_classes({label for _, label, *_ in rows}, class_names)
-    label_of = {name: i for i, name in enumerate(classes)}
-    videos: dict[str, Path] = {}
-    for path in sorted(root.rglob("*")):
-        if _is_video(path):
-            videos.setdefault(path.stem, path)
-    splits: dict[str, list[VideoRecord]] = {}
-    missing: dict[str, int] = {}
-    for split, label, youtube_id, start, end in rows:
-        records = splits.setdefault(split, [])
-        cut = videos.get(f"{youtube_id}_{int(start):06d}_{int(end):06d}")
-        whole = videos.get(youtube_id)
-        if cut is not None:
-            records.append(VideoRecord(cut, label_of[label]))
-        elif whole is not None:
-            records.append(VideoRecord(whole, label_of[label], start, end))
-        else:
-            missing[split] = missing.get(split, 0) + 1
-    return VideoIndex(classes, splits, "kinetics", missing)
+def _video_path(root: Path, list_file: Path, row: ListRow, outside: list[str]) -> Path:
+    """The video of a list row: relative to ``root`` (and inside it), or an absolute path (noted)."""
+    written = Path(row.path).expanduser()
+    if written.is_absolute():
+        outside.append(f"{list_file.name}:{row.line} {row.path}")
+        return written
+    path = Path(os.path.normpath(root / written))
+    if not path.is_relative_to(Path(os.path.normpath(root))):
+        raise VaredError(
+            f"{list_file}:{row.line}: path '{row.path}' leaves the dataset folder; paths are relative to {root} "
+            "(write an absolute path to use a video elsewhere)"
+        )
+    return root / written

@@ -8,7 +8,8 @@ from torch import nn
 
 from .rebuild import memory_format_of
 
-__all__ = ["MOTION_GRID", "SoftModulationGate", "default_gate_hidden", "clip_statistics", "grid_cells", "motion_cell"]
+__all__ = ["MOTION_GRID", "SoftModulationGate", "RunningNorm", "default_gate_hidden", "clip_statistics", "grid_cells",
+           "motion_cell"]
 
 
 def default_gate_hidden(in_channels: int) -> int:
@@ -65,12 +66,43 @@ def clip_statistics(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([appearance, motion], dim=1)
 
 
+class RunningNorm(nn.BatchNorm1d):
+    """Standardise each statistic with running estimates only, in training too: a video's decision then depends
+    on that video alone (never on the others in its batch), and training works at batch 1.
+
+    Training updates the estimates from each batch without using the batch's own statistics: a running mean, and
+    a running mean square deviation from it (defined for one video too). The initial (0, 1) counts as one
+    observation, and the first updates average cumulatively, so that early steps see sensible scales. The
+    forward is an inference BatchNorm, which is what fvcore counts and ONNX exports.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=False, track_running_stats=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.batch_norm(x, self.running_mean.clone() if self.training else self.running_mean,
+                           self.running_var.clone() if self.training else self.running_var, None, None, False, 0.0,
+                           self.eps)
+        if self.training:  # after normalising: this batch's statistics never reach its own decisions
+            self._update(x.detach().float())
+        return out
+
+    @torch.no_grad()
+    def _update(self, x: torch.Tensor) -> None:
+        rate = max(self.momentum or 0.0, 1.0 / (int(self.num_batches_tracked) + 2))
+        mean = torch.lerp(self.running_mean, x.mean(0), rate)
+        spread = (x - mean).square().mean(0)
+        self.running_mean.copy_(mean)
+        self.running_var.lerp_(spread, rate)
+        self.num_batches_tracked.add_(1)
+
+
 class SoftModulationGate(nn.Module):
-    """Clip statistics (mean and temporal change per channel) -> BatchNorm -> Linear(2·C_i, h) -> ReLU ->
+    """Clip statistics (mean and temporal change per channel) -> RunningNorm -> Linear(2·C_i, h) -> ReLU ->
     Linear(h, n_options).
 
-    The BatchNorm (no affine) puts appearance and motion statistics on one scale; its running statistics are
-    learned while the gates train. The last layer starts at zero weight with a bias that favours option 0 (the
+    The norm (no affine) puts appearance and motion statistics on one scale; its running statistics are learned
+    while the gates train, and only they are used, so each video is decided from itself alone. The last layer starts at zero weight with a bias that favours option 0 (the
     full conv), so a freshly converted model behaves exactly like the original until its gates are trained.
     """
 
@@ -80,7 +112,7 @@ class SoftModulationGate(nn.Module):
         self.in_channels = in_channels
         self.num_options = num_options
         self.hidden = hidden
-        self.norm = nn.BatchNorm1d(2 * in_channels, affine=False)
+        self.norm = RunningNorm(2 * in_channels)
         self.fc1 = nn.Linear(2 * in_channels, hidden)
         self.fc2 = nn.Linear(hidden, num_options)
         with torch.no_grad():

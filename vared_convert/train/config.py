@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from ..errors import VaredError
+from ..checks import flag_name, integer, number
+from ..errors import ArgumentError, VaredError
 
 __all__ = ["FinetuneConfig", "load_config"]
 
@@ -20,7 +21,7 @@ class FinetuneConfig:
     """What `vared finetune` does. Field docs double as the CLI's help lines."""
 
     data: str = ""  # dataset root (any layout the data pipeline reads)
-    layout: str = "auto"  # auto, folders, lists or kinetics
+    layout: str = "auto"  # auto, folders, lists, kinetics, ucf101[:N], hmdb51[:N] or ssv2 (checked by the index)
     target_flops: float = 0.6  # τ: the FLOPs ratio to reach, adaptive over original
     epochs: int = 10
     batch_size: int = 8
@@ -58,20 +59,48 @@ class FinetuneConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "FinetuneConfig":
-        if not 0 < self.target_flops <= 1:
-            raise VaredError(f"--target-flops must be in (0, 1], got {self.target_flops}")
-        if self.train not in ("gates", "all"):
-            raise VaredError(f"--train must be gates or all, got {self.train!r}")
-        if self.relaxation not in ("hard", "soft"):
-            raise VaredError(f"--relaxation must be hard or soft, got {self.relaxation!r}")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise VaredError(f"--amp must be auto, bf16, fp16 or off, got {self.amp!r}")
-        for name in ("epochs", "batch_size", "frames", "stride", "size", "train_clips", "val_clips"):
-            if getattr(self, name) < 1:
-                raise VaredError(f"--{name.replace('_', '-')} must be at least 1")
+        """Check every value's type and range; raises :class:`~vared_convert.errors.ArgumentError` naming the flag."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", "float", "bool", "str") and value is not None:
+                setattr(self, f.name, _typed(f.name, value, f.type))
+        for name in ("epochs", "batch_size", "frames", "stride", "size", "train_clips", "val_clips", "log_every"):
+            integer(name, getattr(self, name), 1)
+        for name in ("workers", "warmup_epochs", "save_every", "max_steps", "seed"):
+            integer(name, getattr(self, name), 0)
+        number("target_flops", self.target_flops, maximum=1, above=0)
+        number("lr", self.lr, above=0)
+        for name in ("backbone_lr_scale", "weight_decay", "flops_weight", "distill_weight", "budget_slack"):
+            number(name, getattr(self, name), 0)
+        for name in ("distill_temperature", "tau_start", "tau_end"):
+            number(name, getattr(self, name), above=0)
+        for name, allowed in (("train", ("gates", "all")), ("relaxation", ("hard", "soft")),
+                              ("amp", ("auto", "bf16", "fp16", "off"))):
+            if getattr(self, name) not in allowed:
+                raise ArgumentError(flag_name(name), getattr(self, name), f"must be one of {', '.join(allowed)}")
         if self.warmup_epochs >= self.epochs:
-            raise VaredError("--warmup-epochs must be smaller than --epochs")
+            raise ArgumentError("--warmup-epochs", self.warmup_epochs, f"must be smaller than --epochs ({self.epochs})")
         return self
+
+
+def _typed(name: str, value: Any, kind: str) -> Any:
+    """A value from YAML or a flag as the field's type: ``1e-3`` (a string to YAML) is a number, ``abc`` is not."""
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ArgumentError(flag_name(name), value, "expected a string")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ArgumentError(flag_name(name), value, "expected true or false")
+        return value
+    if isinstance(value, str):
+        try:
+            value = float(value) if kind == "float" else int(value)
+        except ValueError:
+            raise ArgumentError(flag_name(name), value, f"expected {'a number' if kind == 'float' else 'an integer'}")
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    return value
 
 
 FIELD_NAMES = {f.name for f in fields(FinetuneConfig)}
@@ -86,17 +115,16 @@ def load_config(path: str | os.PathLike | None, overrides: dict[str, Any],
         if not path.is_file():
             raise VaredError(f"--config {path}: no such file")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise VaredError(f"--config {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         except yaml.YAMLError as exc:
             raise VaredError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
         if not isinstance(loaded, dict):
             raise VaredError(f"--config {path}: expected a mapping of option: value")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+        values.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = sorted(set(values) - FIELD_NAMES)
     if unknown:
         raise VaredError(f"unknown finetune option(s): {', '.join(unknown)}")
-    try:
-        return FinetuneConfig(**values).validate()
-    except TypeError as exc:
-        raise VaredError(f"bad finetune configuration: {exc}") from exc
+    return FinetuneConfig(**values).validate()

@@ -14,8 +14,8 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from ..checkpoint import load_model
-from ..errors import NotConvertedError, VaredError
-from ..files import atomic_output
+from ..errors import NotConvertedError, OutputError, VaredError
+from ..files import atomic_output, check_output_path
 from ..recipe import model_info
 from .config import FinetuneConfig, load_config
 from .distributed import Runtime, setup_runtime, teardown_runtime
@@ -36,6 +36,7 @@ class FinetuneResult:
     interrupted: bool
     model: nn.Module
     config: FinetuneConfig
+    stopped_by: str | None = None  # "SIGINT" or "SIGTERM" when interrupted
 
 
 class _SkippingSampler(DistributedSampler):
@@ -67,20 +68,41 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
-def _load_converted(path: str | os.PathLike) -> nn.Module:
+def _load_converted(path: str | os.PathLike, arch: str | None = None) -> nn.Module:
     """The converted model at ``path``; a plain checkpoint (or a model without a recipe) names `vared convert`."""
     not_converted = VaredError(
         f"{path} is not a converted vared model; convert it first: vared convert {path} --arch ARCH "
         f"--out {Path(path).stem}_vared.pth"
     )
     try:
-        model = load_model(path)
+        model = load_model(path, arch)
     except NotConvertedError:
         raise not_converted from None
     info = model_info(model)
     if info is None or info.recipe is None:
         raise not_converted
     return model
+
+
+def _check_outputs(model_path: str | os.PathLike, run_dir: Path, out: Path | None,
+                   resume: str | os.PathLike | None, force: bool) -> Path:
+    """Before any work: the run folder takes a new run (or is the one resumed) and can be written; ``out`` (default
+    ``run_dir/final.pth``) is not the model and exists only with ``force``. Returns where the model will go."""
+    if not resume and (run_dir / "last.pth").exists():
+        raise OutputError(f"{run_dir} already holds a run; continue it with --resume {run_dir / 'last.pth'} "
+                          "or choose another --run-dir")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputError(f"--run-dir {run_dir} is a file, not a folder")
+    existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
+    check_output_path(existing / ".vared-check", what="--run-dir")  # its nearest existing folder is writable
+    if out is None:
+        out = run_dir / "final.pth"
+        if out.exists() and not force:
+            raise OutputError(f"{out} exists; pass --force to overwrite it, or choose another --out")
+        return out
+    inputs = [model_path] + ([resume] if resume else [])
+    check_output_path(out, force, inputs=inputs, what="--out")
+    return out
 
 
 def _head_size(model: nn.Module, clip_shape: tuple[int, ...], device: torch.device) -> int:
@@ -95,11 +117,16 @@ def finetune(
     config_file: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     on_event: EventFn | None = None,
+    arch: str | None = None,
+    force: bool = False,
 ) -> FinetuneResult:
     """Learn the policy of a converted model to ``target_flops`` on ``data`` (see :class:`FinetuneConfig`).
 
     Runs in one process, or in each process of a torchrun launch (DistributedDataParallel); only rank 0 logs
-    and writes files. ``resume`` continues a run from its ``last.pth`` exactly.
+    and writes files. ``resume`` continues a run from its ``last.pth`` exactly. ``arch`` names the architecture
+    to build when the model records user code (see :func:`~vared_convert.checkpoint.load_model`). An existing
+    ``out`` is replaced only with ``force``; every argument and output is checked before training starts, and
+    the run folder is created only then.
     """
     from ..data.dataset import FailureLog, VideoClipDataset, make_loader
     from ..data.layouts import index_dataset
@@ -109,11 +136,13 @@ def finetune(
     cfg = load_config(config_file, overrides, base=state["config"] if state else None)
     if not cfg.data:
         raise VaredError("say where the videos are with --data DIR")
+    run_dir = Path(resume).parent if resume else Path(cfg.run_dir or Path("runs") / Path(model_path).stem)
+    out = _check_outputs(model_path, run_dir, Path(cfg.out) if cfg.out else None, resume, force)
     runtime = setup_runtime(cfg.device)
     emit: EventFn = on_event if (on_event and runtime.is_main) else (lambda kind, data: None)
     try:
         torch.manual_seed(cfg.seed)
-        model = _load_converted(model_path)
+        model = _load_converted(model_path, arch)
         info = model_info(model)
         model.to(runtime.device)
         clip_shape = (3, cfg.frames, cfg.size, cfg.size)
@@ -129,10 +158,6 @@ def finetune(
             )
         info.class_names = list(classes)
 
-        run_dir = Path(resume).parent if resume else Path(cfg.run_dir or Path("runs") / Path(model_path).stem)
-        if not resume and (run_dir / "last.pth").exists():
-            raise VaredError(f"{run_dir} already holds a run; continue it with --resume {run_dir / 'last.pth'} "
-                             "or choose another --run-dir")
         common = dict(frames=cfg.frames, stride=cfg.stride, size=cfg.size, normalization=info.arch.normalization,
                       seed=cfg.seed)
         train_set = VideoClipDataset.from_index(index, "train", train=True, clips_per_video=cfg.train_clips, **common)
@@ -165,24 +190,30 @@ def finetune(
                 report_failures(val_failures, batch)
                 yield batch
 
-        if runtime.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_output(run_dir / "config.yaml", force=True) as tmp:
-                tmp.write_text(yaml.safe_dump({**cfg.to_dict(), "model": str(model_path), "classes": classes},
-                                              sort_keys=False))
         trainer = Finetuner(model, cfg, runtime, train_batches, val_batches, len(train_loader), clip_shape, classes,
                             run_dir, emit)
         if state is not None:
             trainer.resume(resume)
-        last = trainer.fit()
+        new_folder = not run_dir.exists()
+        if runtime.is_main:  # every check passed: the run's files may be written now
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_output(run_dir / "config.yaml", force=True) as tmp:
+                tmp.write_text(yaml.safe_dump({**cfg.to_dict(), "model": str(model_path), "classes": classes},
+                                              sort_keys=False))
+        try:
+            last = trainer.fit()
+        except VaredError:
+            if runtime.is_main and new_folder and trainer.step == 0 and not resume:
+                shutil.rmtree(run_dir, ignore_errors=True)  # it failed before training anything: leave nothing
+            raise
         interrupted = trainer.epoch < cfg.epochs and trainer.step < trainer.total_steps
-        out = None
+        written = None
         if runtime.is_main and not interrupted and (run_dir / "best.pth").exists():
-            out = Path(cfg.out) if cfg.out else run_dir / "final.pth"
-            with atomic_output(out, force=True) as tmp:
+            with atomic_output(out, force=True, inputs=[model_path]) as tmp:
                 shutil.copyfile(run_dir / "best.pth", tmp)
+            written = out
         runtime.barrier()
-        result = FinetuneResult(run_dir, out, last, trainer.best, interrupted, model, cfg)
+        result = FinetuneResult(run_dir, written, last, trainer.best, interrupted, model, cfg, trainer.stopped_by)
         emit("done", {"result": result})
         return result
     finally:

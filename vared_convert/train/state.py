@@ -12,9 +12,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import FORMAT, model_payload, read_checkpoint
+from ..checkpoint import FORMAT, model_payload, read_checkpoint, save_torch_file
 from ..errors import VaredError
-from ..files import atomic_output
 
 __all__ = ["TRAIN_FORMAT", "save_training_state", "load_training_state", "rng_state", "restore_rng_state"]
 
@@ -44,10 +43,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def save_training_state(path: str | os.PathLike, model: torch.nn.Module, **state: Any) -> Path:
     """Write the model (vared format) plus the loop's state atomically."""
-    payload = {"format": TRAIN_FORMAT, "model": model_payload(model), **state}
-    with atomic_output(path, force=True) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
+    return save_torch_file({"format": TRAIN_FORMAT, "model": model_payload(model), **state}, path, force=True)
 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import save_model
-from ..errors import VaredError
+from ..errors import Terminated, VaredError
 from ..flops import CostModel
 from ..nn import AdaptiveLayer, adaptive_layers, channel_count, forced_policy, recording, set_policy, set_temperature
 from ..recipe import model_info
@@ -86,27 +86,35 @@ class ValidationResult:
 
 
 class _StopRequest:
-    """Ctrl-C sets a flag; the loop stops at the next step boundary (all ranks together) and saves."""
+    """Ctrl-C or SIGTERM sets a flag; the loop stops at the next step boundary (all ranks together) and saves.
+
+    A second signal stops at once (as ``KeyboardInterrupt`` or ``Terminated``), saving nothing more.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopRequest":
         def handler(signum: int, frame: Any) -> None:
-            if self.requested:  # a second Ctrl-C: stop now
-                raise KeyboardInterrupt
+            if self.requested:  # a second signal: stop now
+                raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
             self.requested = True
+            self.signal_name = signal.Signals(signum).name
 
-        try:
-            self._previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
-            self._previous = None
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, handler)
+            except ValueError:  # not the main thread: no handler, signals behave as usual
+                pass
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 class Finetuner:
@@ -164,6 +172,8 @@ class Finetuner:
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids,
                                                            find_unused_parameters=True)
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0
+        self._saved_step = 0  # the step last.pth holds
+        self.stopped_by: str | None = None  # the signal that stopped fit() early
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
 
@@ -243,10 +253,7 @@ class Finetuner:
             parts = self.objective(logits, labels, teacher, ratio.detach() if warmup else ratio)
         loss = parts.total if not warmup else parts.ce + self.cfg.distill_weight * parts.kd
         if not torch.isfinite(loss):
-            raise VaredError(
-                f"the loss became {loss.item()} at step {self.step} (epoch {self.epoch + 1}); stopped, keeping the "
-                f"last good checkpoint ({self.run_dir / 'last.pth'}); try a lower --lr or --amp off"
-            )
+            raise self._diverged(f"the loss became {loss.item()} at step {self.step} (epoch {self.epoch + 1})")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -256,6 +263,15 @@ class Finetuner:
         return {"loss": loss.item() * len(labels), "ce": parts.ce.item() * len(labels),
                 "kd": parts.kd.item() * len(labels), "flops_ratio": ratio.detach().sum().item(),
                 "correct": float(correct), "count": float(len(labels))}
+
+    def _diverged(self, what: str) -> VaredError:
+        """The error that stops a diverged run, naming the checkpoint to go back to if one was saved."""
+        last = self.run_dir / "last.pth"
+        if self.runtime.is_main and last.exists():
+            kept = f"the last good checkpoint is {last} (step {self._saved_step}): resume it with a lower --lr"
+        else:
+            kept = "no checkpoint was saved before it: start again with a lower --lr"
+        return VaredError(f"{what}; stopped, {kept} (or try --amp off)")
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -278,6 +294,8 @@ class Finetuner:
                 choices = [c.cpu() for c in log.choices(self.layers)]
                 with forced_policy(self.model, (1, 1.0)):
                     full_logits = self.model(clips).float().cpu()
+            if not (torch.isfinite(logits).all() and torch.isfinite(full_logits).all()):
+                raise self._diverged(f"the model's outputs became non-finite by the end of epoch {self.epoch + 1}")
             hit = logits.argmax(1) == labels
             totals += torch.tensor([hit.sum().item(), (full_logits.argmax(1) == labels).sum().item(),
                                     (self.costs.per_sample_macs(choices) / self.costs.original_macs).sum().item(),
@@ -320,7 +338,10 @@ class Finetuner:
     def save_last(self) -> Path | None:
         if not self.runtime.is_main:
             return None
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise self._diverged(f"the weights became non-finite by step {self.step}")
         path = save_training_state(self.run_dir / "last.pth", self.model, **self._state())
+        self._saved_step = self.step
         self.on_event("saved", {"path": str(path), "step": self.step})
         return path
 
@@ -336,6 +357,7 @@ class Finetuner:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
+        self._saved_step = self.step
         self.best, self.history = dict(state.get("best") or {}), list(state.get("history") or [])
         restore_rng_state(state["rng"])
         self.on_event("resumed", {"path": str(path), "epoch": self.epoch, "step": self.step})
@@ -390,6 +412,7 @@ class Finetuner:
                     if self.step >= self.total_steps:
                         break
                 if interrupted:
+                    self.stopped_by = stop.signal_name or "SIGINT"
                     self.save_last()
                     self.on_event("interrupted", {"step": self.step, "path": str(self.run_dir / "last.pth")})
                     return last
