@@ -149,17 +149,17 @@ def test_bad_inputs(setup, tmp_path):
 def test_batch_one_trains_and_each_video_is_decided_alone(setup, tmp_path):
     """Per-GPU batch 1 is common for big clips: the gates' normalisation uses running statistics only, so training
     works at batch 1 and a video's decision never depends on the other videos in its batch."""
-    from vared_convert.nn import dynamic_convs
+    from vared_convert.nn import adaptive_layers
 
     _, data, model = setup
     result = finetune(model, dict(CLIP, data=str(data), batch_size=1, epochs=1, max_steps=3,
                                   run_dir=str(tmp_path / "b1")))
     assert result.run_dir.joinpath("last.pth").exists()
     trained = load_model(model)
-    for _, layer in dynamic_convs(trained):
+    for _, layer in adaptive_layers(trained):
         torch.nn.init.normal_(layer.gate.fc2.weight)  # gates that actually discriminate
     trained.train()
-    gate = dynamic_convs(trained)[0][1].gate
+    gate = adaptive_layers(trained)[0][1].gate
     clips = torch.randn(4, gate.in_channels, CLIP["frames"], 8, 8)
     twin = copy.deepcopy(gate)  # the same state: a training call updates the running estimates afterwards
     alone = gate(clips[:1])

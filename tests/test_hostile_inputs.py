@@ -81,7 +81,8 @@ def ws(tmp_path_factory) -> Path:
     torch.save({**raw, "format_version": 99}, root / "version99.pth")
     torch.save({**raw, "recipe": {"layers": "oops"}}, root / "bad_recipe.pth")
     torch.save({**raw, "state_dict": [1, 2, 3]}, root / "bad_weights.pth")
-    torch.save({**raw, "recipe": {**raw["recipe"], "layers": [{**raw["recipe"]["layers"][0], "name": "nope.conv"}]}},
+    blocks = raw["recipe"]["blocks"]
+    torch.save({**raw, "recipe": {**raw["recipe"], "blocks": [{**blocks[0], "owner": "nope.conv"}, *blocks[1:]]}},
                root / "recipe_names_nothing.pth")
     video = next((root / "data" / "val").rglob("*.mp4"))
     for name, lines, encoding in [("latin1_list", ["a.mp4 caf\xe9", "b.mp4 na\xefve"], "latin-1"),
@@ -138,7 +139,7 @@ MODEL_FILES = [
     ("version99.pth", "format version 99"),
     ("bad_recipe.pth", "malformed vared model file"),
     ("bad_weights.pth", "malformed vared model file"),
-    ("recipe_names_nothing.pth", "recipe names 'nope.conv'"),
+    ("recipe_names_nothing.pth", "blocks do not fit this architecture: TinyC3D has no attribute `nope`"),
     ("plain.pth", ""),  # a plain checkpoint where a converted model is needed: each command says what to do
 ]
 PLAIN_NEEDLE = {"profile": "--arch", "evaluate": "--arch", "export": "--arch", "finetune": "convert it first"}

@@ -109,7 +109,7 @@ def apply_recipe(model: nn.Module, recipe: Recipe) -> nn.Module:
 
         try:
             place_blocks(model, recipe.blocks)
-        except (AttributeError, ValueError) as exc:
+        except (AttributeError, ValueError, TypeError, KeyError, IndexError) as exc:
             raise VaredError(f"the recipe's blocks do not fit this architecture: {exc}") from exc
     for layer in recipe.layers:
         try:

@@ -5,6 +5,7 @@ the network takes, and the memory one clip needs."""
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Sequence
 
 import torch
@@ -65,8 +66,7 @@ def _meta_run(model: nn.Module, shape: Sequence[int], batch: int = 1) -> tuple[E
 
     largest = [0]
     try:  # a lazy module's uninitialised parameters have no shape yet: such a model is checked by its real run
-        params = {name: torch.empty_like(t, device="meta") for name, t in model.named_parameters()}
-        params.update({name: torch.empty_like(t, device="meta") for name, t in model.named_buffers()})
+        model = _meta_copy(model)
     except (ValueError, RuntimeError) as exc:
         return exc, 0, None
 
@@ -75,20 +75,26 @@ def _meta_run(model: nn.Module, shape: Sequence[int], batch: int = 1) -> tuple[E
             if isinstance(tensor, torch.Tensor):
                 largest[0] = max(largest[0], tensor.numel())
 
-    handles = [m.register_forward_hook(record) for m in model.modules()]
-    full_path = forced_policy(model, (1, 1.0)) if adaptive_layers(model) else contextlib.nullcontext()
-    was_training = model.training
+    for m in model.modules():
+        m.register_forward_hook(record)
     model.eval()
     try:
-        with full_path, torch.no_grad():
-            out = torch.func.functional_call(model, params, (torch.empty(batch, *shape, device="meta"),))
+        with forced_policy(model, (1, 1.0)) if adaptive_layers(model) else contextlib.nullcontext(), torch.no_grad():
+            out = model(torch.empty(batch, *shape, device="meta"))
         return None, largest[0], tuple(out.shape) if isinstance(out, torch.Tensor) else None
     except Exception as exc:  # any failure on meta tensors: the caller tells a bad shape from a model that cannot
         return exc, largest[0], None  # run on meta (value-dependent control flow) by trying a known-good shape
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers are meta tensors (no data is copied), so that a run on it
+    can never touch the user's model, its weights or anything it caches."""
+    memo: dict[int, object] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
 
 
 def output_shape(model: nn.Module, shape: Sequence[int], batch: int = 1) -> tuple[int, ...] | None:
