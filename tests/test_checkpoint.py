@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from models_for_tests import tiny
 from vared_convert.arch import ArchSpec
-from vared_convert.checkpoint import extract_state_dict, load_model, read_checkpoint, save_model
+from vared_convert.checkpoint import extract_state_dict, load_model, read_checkpoint, read_raw_checkpoint, save_model
 from vared_convert.convert import convert
 from vared_convert.errors import VaredError
 from vared_convert.files import atomic_output
@@ -59,12 +59,13 @@ def test_safetensors(tmp_path):
         read_checkpoint(path)
 
 
-def test_whole_pickled_model_needs_trust(tmp_path):
+def test_whole_pickled_model_loads_its_weights_without_its_code(tmp_path):
     model = tiny()
     path = tmp_path / "whole.pth"
     torch.save(model, path)
-    with pytest.raises(VaredError, match="--trust-pickle"):
-        load_model(path, ARCH, num_classes=4)
+    raw = read_raw_checkpoint(path)
+    assert "vared_convert.baseline.TinyC3D" in raw.stand_ins and not isinstance(raw.content, torch.nn.Module)
+    assert _same_weights(load_model(path, ARCH, num_classes=4), model.state_dict())
     loaded = load_model(path, ARCH, num_classes=4, trust_pickle=True)
     assert _same_weights(loaded, model.state_dict())
 
@@ -84,8 +85,9 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as fh:
         pickle.dump({"state_dict": _RunsCode(marker)}, fh)
-    with pytest.raises(VaredError, match="pickled Python objects.*--trust-pickle"):
-        read_checkpoint(path)
+    assert read_raw_checkpoint(path).stand_ins == ["posix.system"]
+    with pytest.raises(VaredError, match="pickled posix.system, read as an inert stand-in.*--trust-pickle"):
+        load_model(path, ARCH)
     assert not marker.exists()
     torch.save({"state_dict": _RunsCode(marker)}, path)  # the zip-based format too
     with pytest.raises(VaredError, match="system"):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["VaredError", "ArgumentError", "OutputError", "NotConvertedError", "UntrustedArchError", "Terminated"]
+__all__ = ["VaredError", "ArgumentError", "OutputError", "NotConvertedError", "UnrecognisedArchError",
+           "UntrustedArchError", "Terminated"]
 
 
 class VaredError(Exception):
@@ -31,6 +32,10 @@ class OutputError(VaredError):
 
 class NotConvertedError(VaredError):
     """A plain checkpoint where a converted vared model (or an ``--arch`` to build the network) was needed."""
+
+
+class UnrecognisedArchError(NotConvertedError):
+    """A plain checkpoint whose weights match no registry architecture, or several: ``--arch`` must say which."""
 
 
 class UntrustedArchError(VaredError):
