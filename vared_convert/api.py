@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .arch import ArchSpec
-from .checkpoint import is_vared_checkpoint, load_model, model_from_checkpoint, read_checkpoint, save_model
+from .checkpoint import (is_vared_checkpoint, load_model, load_plain_checkpoint, model_from_checkpoint,
+                         read_raw_checkpoint, save_model)
 from .checks import integer, number
 from .convert import DEFAULT_CHANNEL, DEFAULT_GRANULARITY, DEFAULT_TEMPORAL, Conversion, convert
 from .errors import ArgumentError, VaredError
 from .files import atomic_output, check_output_path, same_file
+from .keys import parse_key_map
 
 __all__ = ["convert_checkpoint", "profile_checkpoint", "evaluate_checkpoint", "export_checkpoint", "write_json"]
 
@@ -41,7 +43,7 @@ def _distinct(outputs: Sequence[tuple[str, str | os.PathLike | None]]) -> None:
 def convert_checkpoint(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
-    arch: str,
+    arch: str | None = None,
     *,
     num_classes: int | None = None,
     input_shape: Sequence[int] | None = None,
@@ -57,26 +59,39 @@ def convert_checkpoint(
     trust_pickle: bool = False,
     force: bool = False,
     granularity: str = DEFAULT_GRANULARITY,
+    key_map: Sequence[str] = (),
 ) -> Conversion:
-    """``vared convert``: load pretrained weights, convert, verify, and save the adaptive model atomically."""
+    """``vared convert``: load pretrained weights, convert, verify, and save the adaptive model atomically.
+
+    Without ``arch``, a plain checkpoint's architecture is recognised from its weights (registry architectures
+    only); ``key_map`` (``OLD=NEW`` prefix rewrites) renames its keys first. ``Conversion.loaded`` says how the
+    weights were read (a :class:`~vared_convert.checkpoint.LoadReport`; ``None`` for a vared model file)."""
     check_output_path(out, force, inputs=[checkpoint], what="--out")
+    rules = parse_key_map(key_map)
     if num_classes is not None:
         integer("num_classes", num_classes, 1)
     if time_aware:
         from .timing import resolve_device
 
         resolve_device(time_device)
-    raw = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
-    if is_vared_checkpoint(raw) and raw.get("recipe"):
+    raw = read_raw_checkpoint(checkpoint, trust_pickle=trust_pickle)
+    if is_vared_checkpoint(raw.content) and raw.content.get("recipe"):
         raise VaredError(f"{checkpoint} is already a converted vared model; convert the original checkpoint")
-    model = model_from_checkpoint(raw, str(checkpoint), ArchSpec(arch, num_classes),
-                                  class_names=list(class_names) if class_names else None)
+    names = list(class_names) if class_names else None
+    loaded = None
+    if is_vared_checkpoint(raw.content):
+        spec = ArchSpec(arch, num_classes) if arch is not None else None
+        model = model_from_checkpoint(raw, str(checkpoint), spec, class_names=names, key_map=rules)
+    else:
+        model, loaded = load_plain_checkpoint(raw, str(checkpoint), arch, num_classes, class_names=names,
+                                              key_map=rules, input_shape=input_shape)
     result = convert(
         model, input_shape, arch=model.vared_info.arch, temporal=temporal, channel=channel, only=only, skip=skip,
         min_flops_share=min_flops_share, convert_stem=convert_stem, class_names=model.vared_info.class_names,
         time_aware=time_aware, time_device=time_device, granularity=granularity,
     )
     save_model(result.model, out, force=force, inputs=[checkpoint])
+    result.loaded = loaded
     return result
 
 
@@ -86,6 +101,7 @@ def profile_checkpoint(
     arch: str | None = None,
     num_classes: int | None = None,
     trust_pickle: bool = False,
+    key_map: Sequence[str] = (),
     input_shape: Sequence[int] | None = None,
     option: tuple[int, float] | None = None,
     data: str | None = None,
@@ -112,6 +128,7 @@ def profile_checkpoint(
         if path is not None:
             check_output_path(path, force, inputs=[model_path], what=flag)
     integer("repeats", repeats, 1)
+    rules = parse_key_map(key_map)
     if num_classes is not None:
         integer("num_classes", num_classes, 1)
     if data is not None:
@@ -119,7 +136,7 @@ def profile_checkpoint(
         integer("stride", stride, 1)
         integer("workers", workers, 0)
     target = resolve_device(device)
-    model = load_model(model_path, arch, num_classes=num_classes, trust_pickle=trust_pickle).to(target)
+    model = load_model(model_path, arch, num_classes=num_classes, trust_pickle=trust_pickle, key_map=rules).to(target)
     if data is None:
         report = profile_model(model, input_shape, option=option, latency=latency, repeats=repeats)
     else:

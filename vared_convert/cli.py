@@ -99,11 +99,15 @@ def _root(
 # ---------------------------------------------------------------------------------------------- convert
 @app.command()
 def convert(
-    checkpoint: Annotated[Path, typer.Argument(help="Pretrained weights: a state_dict .pth/.pt (wrappers and "
-                                               "'module.' prefixes are fine) or .safetensors.")],
+    checkpoint: Annotated[Path, typer.Argument(help="Pretrained weights: a state_dict .pth/.pt (wrappers, key "
+                                               "prefixes and training metadata are fine) or .safetensors.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the adaptive model (.pth).")],
-    arch: Annotated[str, typer.Option("--arch", "-a", help="torchvision:r3d_18, pytorchvideo:x3d_m, or "
-                                      "module.path:factory for your own network.")],
+    arch: Annotated[Optional[str], typer.Option("--arch", "-a", help="torchvision:r3d_18, pytorchvideo:x3d_m, or "
+                                                "module.path:factory for your own network \\[default: recognised "
+                                                "from the weights (registry architectures)].")] = None,
+    key_map: Annotated[list[str], typer.Option("--key-map", help="OLD=NEW: rewrite the checkpoint keys that start "
+                                               "with OLD to start with NEW, before the automatic prefix fitting "
+                                               "(repeatable; NEW may be empty).")] = [],
     num_classes: Annotated[Optional[int], typer.Option(help="Classifier size, when it differs from the "
                                                        "architecture's default.")] = None,
     input_shape: Annotated[Optional[str], typer.Option(help="Clip shape C,T,H,W for analysis and verification "
@@ -124,8 +128,9 @@ def convert(
                                              "of its time (FLOPs are not time: X3D's 1×1×1 convs on a CPU).")] = False,
     time_device: Annotated[str, typer.Option(help="Device for --time-aware: cpu, cuda or auto.")] = "cpu",
     classes: Annotated[Optional[Path], typer.Option(help="Text file with the class names, one per line.")] = None,
-    trust_pickle: Annotated[bool, typer.Option(help="Allow a checkpoint that holds pickled Python objects "
-                                               "(runs code from the file: only for sources you trust).")] = False,
+    trust_pickle: Annotated[bool, typer.Option(help="Load the Python objects a checkpoint pickles (runs code from "
+                                               "the file: only for sources you trust); without it they are read "
+                                               "as inert stand-ins.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite OUT if it exists.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of tables.")] = False,
 ) -> None:
@@ -143,15 +148,18 @@ def convert(
             temporal=parse_ints(temporal, "--temporal"), channel=parse_floats(channel, "--channel"),
             only=only, skip=skip, min_flops_share=min_share, convert_stem=convert_stem, time_aware=time_aware,
             time_device=time_device, class_names=read_class_names(classes), trust_pickle=trust_pickle, force=force,
-            granularity=granularity,
+            granularity=granularity, key_map=key_map,
         )
     finally:
         if status:
             status.stop()
     report = result.report
     if as_json:
-        print_json({**report.to_dict(), "out": str(out)})
+        print_json({**report.to_dict(), "checkpoint": result.loaded.to_dict() if result.loaded else None,
+                    "out": str(out)})
         return
+    for line in result.loaded.lines() if result.loaded else []:
+        console.print(escape(line), highlight=False)
 
     if report.granularity == "block":
         blocks = Table(title=f"Adaptive blocks ({len(report.converted_blocks)})", title_justify="left")
@@ -296,6 +304,8 @@ def profile(
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write the report as JSON to PATH ('-': stdout).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw per-layer original vs adaptive GFLOPs to a PNG.")] = None,
     trust_pickle: Annotated[bool, typer.Option(help="Allow pickled objects in a plain checkpoint.")] = False,
+    key_map: Annotated[list[str], typer.Option("--key-map", help="OLD=NEW: rewrite a plain checkpoint's key "
+                                               "prefix OLD to NEW (repeatable).")] = [],
     force: Annotated[bool, typer.Option(help="Overwrite existing --json and --plot files.")] = False,
 ) -> None:
     """Per-layer FLOPs (fvcore) and measured latency, original against adaptive."""
@@ -308,7 +318,7 @@ def profile(
     quiet = to_stdout or data is not None or not err_console.is_terminal
     with bar, _status("counting FLOPs" + (" and timing" if latency else "") + " ...", quiet=quiet):
         report = profile_checkpoint(
-            model_path, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle,
+            model_path, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, key_map=key_map,
             input_shape=parse_ints(input_shape, "--input-shape") if input_shape else None,
             option=parse_option(option) if option else None, data=data, clips=clips, split=split, layout=layout,
             stride=stride, workers=workers, latency=latency, device=device, repeats=repeats,

@@ -521,6 +521,7 @@ class Conversion:
     model: nn.Module
     recipe: Recipe
     report: ConversionReport
+    loaded: Any = None  # how ``api.convert_checkpoint`` read the weights (a ``checkpoint.LoadReport``), if it did
 
 
 def _parse_input_shape(model: nn.Module, input_shape: Sequence[int] | None,

@@ -30,6 +30,7 @@ __all__ = ["ArchSignature", "Recognition", "signature", "recognise", "carried_co
 # among registry architectures with the same weights, the one chosen when nothing else decides
 TWIN_DEFAULTS = ("pytorchvideo:x3d_m",)
 NEAREST_SHOWN = 3
+PROBE_CLASSES = 1009  # the class count the signatures are built with: a prime no layer has as its width
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ def _meta_shapes(spec: ArchSpec) -> dict[str, Shape]:
 @functools.lru_cache(maxsize=None)
 def signature(name: str) -> ArchSignature:
     """The :class:`ArchSignature` of a registry architecture, built on the meta device (cached)."""
-    shapes, other = _meta_shapes(ArchSpec(name, 7)), _meta_shapes(ArchSpec(name, 9))
-    head = tuple(k for k, s in shapes.items() if other[k] != s)
+    shapes = _meta_shapes(ArchSpec(name, PROBE_CLASSES))
+    head = tuple(k for k, s in shapes.items() if s[:1] == (PROBE_CLASSES,))
     return ArchSignature(name, shapes, head)
 
 
@@ -158,7 +159,7 @@ def recognise(
                                [n for n in names if n != chosen.sig.name], picked[1])
         raise UnrecognisedArchError(f"{source}: the weights fit {', '.join(names)} equally; say which with --arch")
     nearest = sorted(matches, key=lambda m: -m.matched / m.total)[:NEAREST_SHOWN]
-    shown = ", ".join(f"{m.sig.name} {100 * m.matched / m.total:.0f}%" for m in nearest if m.matched)
+    shown = ", ".join(f"{m.sig.name} {100 * m.matched / m.total:.0f}%" for m in nearest if m.matched >= 0.05 * m.total)
     text = f"{source}: the weights match no registry architecture"
     text += f" (share of keys that match: {shown})" if shown else " (no architecture shares its keys)"
     if absent:
