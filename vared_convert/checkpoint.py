@@ -343,8 +343,10 @@ def model_from_checkpoint(
             model.vared_info.class_names = list(class_names)
         return model
     if arch is None:
+        note = raw.describe() if isinstance(raw, RawCheckpoint) else None
         raise NotConvertedError(
             f"{source}: a plain checkpoint; say which network it is with --arch (e.g. torchvision:r3d_18)"
+            + (f"; {note}" if note else "")
         )
     return load_plain_checkpoint(raw, source, arch, num_classes, class_names=class_names, key_map=key_map)[0]
 
@@ -389,6 +391,18 @@ def load_plain_checkpoint(
     """
     if not isinstance(raw, RawCheckpoint):
         raw = RawCheckpoint(raw)
+    try:
+        return _load_plain(raw, source, arch, num_classes, class_names, key_map, input_shape)
+    except VaredError as exc:
+        note = raw.describe()
+        if note and exc.args:  # what did not load may be why: say it in the same line
+            exc.args = (f"{exc.args[0]}; {note}", *exc.args[1:])
+        raise
+
+
+def _load_plain(raw: RawCheckpoint, source: str, arch: str | ArchSpec | None, num_classes: int | None,
+                class_names: list[str] | None, key_map: Sequence[KeyRule],
+                input_shape: Sequence[int] | None) -> tuple[nn.Module, LoadReport]:
     state_dict, where = extract_state_dict(raw.content)
     if key_map:
         state_dict = apply_key_map(state_dict, key_map)

@@ -159,7 +159,7 @@ def convert(
                     "out": str(out)})
         return
     for line in result.loaded.lines() if result.loaded else []:
-        console.print(escape(line), highlight=False)
+        console.print(escape(line), highlight=False, soft_wrap=True)
 
     if report.granularity == "block":
         blocks = Table(title=f"Adaptive blocks ({len(report.converted_blocks)})", title_justify="left")

@@ -12,6 +12,7 @@ and nothing from the file runs. A pickled ``nn.Module`` becomes a stand-in whose
 from __future__ import annotations
 
 import _compat_pickle
+import io
 import os
 import pickle
 import types
@@ -73,6 +74,16 @@ def _plain_tensor(func: Callable[..., Any], args: tuple) -> Any:
     return StandIn()
 
 
+def _guarded(rebuild: Callable[..., Any]) -> Callable[..., Any]:
+    """A rebuild function that gives a stand-in when its arguments are not what it needs (stand-ins themselves)."""
+    def call(*args: Any) -> Any:
+        try:
+            return rebuild(*args)
+        except (TypeError, AttributeError, ValueError, RuntimeError):
+            return StandIn()
+    return call
+
+
 def _rebuild_tensor_v2(storage: Any, offset: int, size: Any, stride: Any, requires_grad: bool, hooks: Any,
                        metadata: Any = None) -> torch.Tensor:
     # backward hooks are objects from the file: dropped; metadata (e.g. the conjugate bit) is torch's own
@@ -89,11 +100,11 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: tuple, state: Any) -> 
 
 
 _REBUILDERS: dict[str, Callable[..., Any]] = {
-    "torch._utils._rebuild_tensor": torch._utils._rebuild_tensor,
-    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
-    "torch._utils._rebuild_parameter": _rebuild_parameter,
-    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
-    "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
+    "torch._utils._rebuild_tensor": _guarded(torch._utils._rebuild_tensor),
+    "torch._utils._rebuild_tensor_v2": _guarded(_rebuild_tensor_v2),
+    "torch._utils._rebuild_parameter": _guarded(_rebuild_parameter),
+    "torch._utils._rebuild_parameter_with_state": _guarded(_rebuild_parameter),
+    "torch._tensor._rebuild_from_type_v2": _guarded(_rebuild_from_type_v2),
 }
 
 
@@ -144,6 +155,9 @@ def _pickle_module(replaced: Counter) -> types.SimpleNamespace:
             if found is not None:
                 return found
             full = f"{module}.{name}"
+            if full == "torch.storage._load_from_bytes":  # a storage in a plain pickle: torch.save bytes, read alike
+                return _guarded(lambda data: torch.load(io.BytesIO(data), map_location="cpu", weights_only=False,
+                                                        pickle_module=namespace))
             replaced[full] += 1
             if (module, name) not in classes:
                 classes[module, name] = type(str(name), (StandIn,), {"_stand_in_for": full, "__module__": "vared"})
@@ -152,7 +166,8 @@ def _pickle_module(replaced: Counter) -> types.SimpleNamespace:
     def load(file: Any, **kwargs: Any) -> Any:
         return Unpickler(file, **kwargs).load()
 
-    return types.SimpleNamespace(Unpickler=Unpickler, load=load, __name__="vared_convert.pickles")
+    namespace = types.SimpleNamespace(Unpickler=Unpickler, load=load, __name__="vared_convert.pickles")
+    return namespace
 
 
 def _is_torchscript(path: str | os.PathLike) -> bool:
