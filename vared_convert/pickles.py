@@ -121,13 +121,13 @@ _PLAIN: dict[str, Any] = {
     "builtins.bytearray": bytearray,
     "builtins.complex": complex,
     "builtins.object": object,
-    "_codecs.encode": lambda text, encoding="latin1": str(text).encode(str(encoding)),
+    "_codecs.encode": lambda text, encoding="latin1": (str(text).encode(encoding) if encoding in TEXT_CODECS
+                                                       else StandIn()),  # how protocol 2 writes bytes
     "copyreg._reconstructor": _reconstructor,
     "torch.Size": torch.Size,
     "torch.device": torch.device,
-    "torch.Tensor": torch.Tensor,
-    "torch.nn.parameter.Parameter": torch.nn.Parameter,
 }
+TEXT_CODECS = ("latin1", "latin-1", "utf-8", "utf8", "ascii")
 
 
 def _allowed(module: str, name: str) -> Any:
@@ -200,21 +200,35 @@ def load_without_objects(path: str | os.PathLike) -> tuple[Any, list[str]]:
     return content, [name for name, _ in replaced.most_common()]
 
 
-def module_state_dict(obj: Any, prefix: str = "", depth: int = 0) -> dict[str, torch.Tensor] | None:
+MAX_MODULES = 100_000  # a pickled model with more (sub)module visits than this is not read as one
+
+
+def module_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
     """The state_dict of a pickled ``nn.Module`` read as a stand-in (from its recorded ``_parameters``,
-    ``_buffers`` and ``_modules``); ``None`` if ``obj`` is not one."""
-    state = obj.state if isinstance(obj, StandIn) else None
-    if not isinstance(state, dict) or not isinstance(state.get("_parameters"), dict) or depth > 100:
-        return None
+    ``_buffers`` and ``_modules``, as ``nn.Module.state_dict`` walks them); ``None`` if ``obj`` is not one."""
     found: dict[str, torch.Tensor] = {}
-    skip = state.get("_non_persistent_buffers_set")
-    skip = skip if isinstance(skip, (set, frozenset)) else set()
-    for group in ("_parameters", "_buffers"):
-        for name, value in (state.get(group) or {}).items():
-            if isinstance(value, torch.Tensor) and not (group == "_buffers" and name in skip):
-                found[prefix + str(name)] = value.detach()
-    for name, child in (state.get("_modules") or {}).items():
-        inner = module_state_dict(child, f"{prefix}{name}.", depth + 1)
-        if inner:
-            found.update(inner)
-    return found
+    visits = 0
+
+    def walk(module: Any, prefix: str, ancestors: tuple[int, ...]) -> bool:
+        nonlocal visits
+        state = module.state if isinstance(module, StandIn) else None
+        visits += 1
+        if not isinstance(state, dict) or not isinstance(state.get("_parameters"), dict):
+            return False
+        if id(module) in ancestors or visits > MAX_MODULES:  # a cycle, or a crafted blow-up
+            raise ValueError("a pickled model whose modules contain themselves")
+        skip = state.get("_non_persistent_buffers_set")
+        skip = skip if isinstance(skip, (set, frozenset)) else set()
+        for group in ("_parameters", "_buffers"):
+            for name, value in (state.get(group) or {}).items():
+                if isinstance(value, torch.Tensor) and not (group == "_buffers" and name in skip):
+                    found[prefix + str(name)] = value.detach()
+        children = state.get("_modules")
+        for name, child in (children.items() if isinstance(children, dict) else ()):
+            walk(child, f"{prefix}{name}.", (*ancestors, id(module)))
+        return True
+
+    try:
+        return found if walk(obj, "", ()) and found else None
+    except ValueError:
+        return None
