@@ -4,8 +4,9 @@ For each architecture: save a randomly initialised checkpoint (mmaction2-style k
 ``cls_head.fc_cls.``), then time, in one fresh process per architecture so the first recognition pays the imports
 and the meta-device builds a user's run pays:
 
+* import: vared, torchvision and pytorchvideo (which building the network imports in any case);
 * read: ``read_raw_checkpoint`` (``torch.load(weights_only=True)``);
-* recognise (first): ``recognise`` on the weights, building every registry architecture's signature;
+* recognise (first): ``recognise`` on the weights, building the signatures it tries (meta device);
 * recognise (again): the same call with the signatures cached;
 * convert: ``vared convert CKPT --out OUT`` end to end without ``--arch`` (at a small clip), for scale.
 
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ARCHS = ["torchvision:r3d_18", "pytorchvideo:x3d_m", "pytorchvideo:slowfast_r50"]
+ARCHS = ["torchvision:r3d_18", "pytorchvideo:i3d_r50", "pytorchvideo:x3d_m", "pytorchvideo:slowfast_r50"]
 CLIP = {"pytorchvideo:slowfast_r50": "3,8,64,64"}
 
 CHILD = r"""
@@ -30,6 +31,7 @@ warnings.simplefilter("ignore")
 t0 = time.perf_counter()
 from vared_convert.checkpoint import extract_state_dict, read_raw_checkpoint
 from vared_convert.recognize import recognise
+import torchvision.models.video, pytorchvideo.models.hub  # what building the network imports anyway
 t1 = time.perf_counter()
 raw = read_raw_checkpoint(sys.argv[1])
 sd, _ = extract_state_dict(raw.content)
@@ -48,7 +50,7 @@ def main(archs: list[str]) -> None:
 
     from vared_convert.arch import ArchSpec, build_model
 
-    print(f"{'architecture':28} {'keys':>5} {'MB':>6} {'read s':>7} {'recognise s (first)':>20} "
+    print(f"{'architecture':28} {'keys':>5} {'MB':>6} {'import s':>8} {'read s':>7} {'recognise s (first)':>20} "
           f"{'(again)':>8} {'convert s':>10}  recognised")
     with tempfile.TemporaryDirectory() as tmp:
         for name in archs:
@@ -66,7 +68,7 @@ def main(archs: list[str]) -> None:
                             str(Path(tmp) / "out.pth"), "--force", "--input-shape", CLIP.get(name, "3,8,64,64")],
                            capture_output=True, text=True, check=True)
             convert_s = time.perf_counter() - t
-            print(f"{name:28} {got['keys']:5d} {ckpt.stat().st_size / 1e6:6.0f} {got['read']:7.2f} "
+            print(f"{name:28} {got['keys']:5d} {ckpt.stat().st_size / 1e6:6.0f} {got['import']:8.2f} {got['read']:7.2f} "
                   f"{got['first']:20.2f} {got['again']:8.2f} {convert_s:10.1f}  {got['found']}")
 
 

@@ -14,7 +14,7 @@ from vared_convert.baseline import tiny_c3d
 from vared_convert.checkpoint import load_model
 from vared_convert.errors import UnrecognisedArchError
 from vared_convert.nn.policy import forced_policy
-from vared_convert.recognize import carried_config, recognise
+from vared_convert.recognize import SAME_WEIGHTS, carried_config, recognise, signature
 
 
 def _meta_state_dict(name: str, num_classes: int) -> dict[str, torch.Tensor]:
@@ -79,6 +79,13 @@ def test_arch_wins_over_recognition(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- same weights
 X3D_TWINS = ["pytorchvideo:x3d_xs", "pytorchvideo:x3d_s", "pytorchvideo:x3d_m"]
+
+
+def test_the_only_registry_architectures_with_the_same_weights_are_the_declared_ones():
+    by_weights: dict[frozenset, list[str]] = {}
+    for name in KNOWN_ARCHS:
+        by_weights.setdefault(signature(name).key_set(), []).append(name)
+    assert sorted(sorted(g) for g in by_weights.values() if len(g) > 1) == [sorted(g) for g in SAME_WEIGHTS]
 
 
 @pytest.mark.parametrize("input_shape,expected", [((3, 4, 160, 160), "x3d_xs"), ((3, 13, 160, 160), "x3d_s"),

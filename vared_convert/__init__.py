@@ -11,6 +11,7 @@ from .nn import (AdaptiveBlock, DynamicConv3d, adaptive_layers, decide, dynamic_
                  set_execution, set_policy, set_temperature)
 from .predict import EvalReport, evaluate
 from .recipe import ModelInfo, Recipe, model_info
+from .recognize import recognise
 
 __all__ = [
     "AdaptiveBlock",
@@ -32,6 +33,7 @@ __all__ = [
     "forced_policy",
     "load_model",
     "model_info",
+    "recognise",
     "recording",
     "save_model",
     "set_execution",

@@ -16,7 +16,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -27,7 +27,11 @@ from .pickles import StandIn
 
 __all__ = ["ArchSignature", "Recognition", "signature", "recognise", "carried_config"]
 
-# among registry architectures with the same weights, the one chosen when nothing else decides
+# registry architectures with the same weights: pytorchvideo builds these X3Ds for different clips, which only
+# size the head's pool (global in vared); tests check that these are the same and that no others are
+SAME_WEIGHTS = (("pytorchvideo:x3d_xs", "pytorchvideo:x3d_s", "pytorchvideo:x3d_m"),)
+_TWIN_OF = {name: group[-1] for group in SAME_WEIGHTS for name in group}  # the one whose signature is built
+# in each group, the one chosen when neither --input-shape nor the file's name decides
 TWIN_DEFAULTS = ("pytorchvideo:x3d_m",)
 NEAREST_SHOWN = 3
 PROBE_CLASSES = 1009  # the class count the signatures are built with: a prime no layer has as its width
@@ -60,18 +64,27 @@ def signature(name: str) -> ArchSignature:
     return ArchSignature(name, shapes, head)
 
 
-def _signatures() -> tuple[list[ArchSignature], list[str]]:
-    """Every registry architecture that can be built here, and the sources that cannot (not installed)."""
-    found, absent = [], []
-    for name in KNOWN_ARCHS:
+def _likely_order(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Registry architectures, the likelier first (pytorchvideo names its stages ``blocks.N``): only the order in
+    which they are tried, so a typical checkpoint builds a few signatures, not all."""
+    pytorchvideo_style = any(re.search(r"(^|\.)blocks\.\d+\.", k) for k in state_dict)
+    return sorted(KNOWN_ARCHS, key=lambda n: (n.startswith("pytorchvideo:") != pytorchvideo_style))
+
+
+def _signatures(names: Sequence[str]) -> Iterator[ArchSignature | str]:
+    """The signature of each architecture that can be built here, or the name of a source that cannot (not
+    installed), once; one architecture per group of :data:`SAME_WEIGHTS`."""
+    absent = set()
+    for name in names:
         source = name.split(":")[0]
-        if source in absent:
+        if source in absent or _TWIN_OF.get(name, name) != name:
             continue
         try:
-            found.append(signature(name))
-        except VaredError:  # pytorchvideo not installed: its architectures cannot be built, nor recognised
-            absent.append(source)
-    return found, absent
+            yield signature(name)
+        except VaredError as exc:  # pytorchvideo not installed: none of its architectures can be built
+            if "pip install" in str(exc):
+                absent.add(source)
+                yield source
 
 
 @dataclass
@@ -116,7 +129,7 @@ class Recognition:
         return text
 
 
-def _pick_twin(names: list[str], input_shape: Sequence[int] | None, file_name: str | None) -> tuple[str, str] | None:
+def _pick_twin(names: list[str], input_shape: Sequence[int] | None, file_name: str | None) -> tuple[str, str]:
     if input_shape is not None:
         by_shape = [n for n in names if default_input_shape(n) == tuple(input_shape)]
         if len(by_shape) == 1:
@@ -126,10 +139,14 @@ def _pick_twin(names: list[str], input_shape: Sequence[int] | None, file_name: s
         named = [n for n in names if re.search(rf"(?<![a-z0-9]){re.escape(n.split(':')[1])}(?![a-z0-9])", stem)]
         if len(named) == 1:
             return named[0], "by the file's name"
-    defaults = [n for n in names if n in TWIN_DEFAULTS]
-    if len(defaults) == 1:
-        return defaults[0], "(the default; name another with --arch or --input-shape)"
-    return None
+    default = next(n for n in names if n in TWIN_DEFAULTS)
+    return default, "(the default; name another with --arch or --input-shape)"
+
+
+def _recognised(match: _Match, input_shape: Sequence[int] | None, file_name: str | None) -> Recognition:
+    names = next((list(group) for group in SAME_WEIGHTS if match.sig.name in group), [match.sig.name])
+    name, why = _pick_twin(names, input_shape, file_name) if len(names) > 1 else (names[0], None)
+    return Recognition(ArchSpec(name, match.num_classes), match.fit, [n for n in names if n != name], why)
 
 
 def recognise(
@@ -142,24 +159,23 @@ def recognise(
 ) -> Recognition:
     """Find the registry architecture whose weights ``state_dict`` holds (see the module docstring).
 
-    Raises :class:`UnrecognisedArchError` naming the nearest architectures (by the share of keys that match) when
-    none matches or several with different weights do; ``hint`` (e.g. :func:`carried_config`) is added to it.
+    Architectures are tried the likelier first and the first exact match is the answer (two different registry
+    networks cannot both match exactly; those with the same weights are :data:`SAME_WEIGHTS`). Raises
+    :class:`UnrecognisedArchError` naming the nearest architectures (by the share of keys that match) when none
+    matches; ``hint`` (e.g. :func:`carried_config`) is added to it.
     """
-    sigs, absent = _signatures()
-    matches = [_match(state_dict, sig) for sig in sigs]
-    exact = [m for m in matches if m.exact]
-    if exact:
-        groups = {m.sig.key_set() for m in exact}
-        names = [m.sig.name for m in exact]
-        picked = (names[0], None) if len(names) == 1 else (_pick_twin(names, input_shape, file_name)
-                                                           if len(groups) == 1 else None)
-        if picked is not None:
-            chosen = next(m for m in exact if m.sig.name == picked[0])
-            return Recognition(ArchSpec(chosen.sig.name, chosen.num_classes), chosen.fit,
-                               [n for n in names if n != chosen.sig.name], picked[1])
-        raise UnrecognisedArchError(f"{source}: the weights fit {', '.join(names)} equally; say which with --arch")
+    matches, absent = [], []
+    for found in _signatures(_likely_order(state_dict)):
+        if isinstance(found, str):
+            absent.append(found)
+            continue
+        match = _match(state_dict, found)
+        if match.exact:
+            return _recognised(match, input_shape, file_name)
+        matches.append(match)
     nearest = sorted(matches, key=lambda m: -m.matched / m.total)[:NEAREST_SHOWN]
-    shown = ", ".join(f"{m.sig.name} {100 * m.matched / m.total:.0f}%" for m in nearest if m.matched >= 0.05 * m.total)
+    shown = ", ".join(f"{m.sig.name} {100 * m.matched / m.total:.0f}%" for m in nearest
+                      if m.matched >= 0.05 * m.total)
     text = f"{source}: the weights match no registry architecture"
     text += f" (share of keys that match: {shown})" if shown else " (no architecture shares its keys)"
     if absent:
