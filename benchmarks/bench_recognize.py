@@ -68,7 +68,8 @@ def main(archs: list[str]) -> None:
                             str(Path(tmp) / "out.pth"), "--force", "--input-shape", CLIP.get(name, "3,8,64,64")],
                            capture_output=True, text=True, check=True)
             convert_s = time.perf_counter() - t
-            print(f"{name:28} {got['keys']:5d} {ckpt.stat().st_size / 1e6:6.0f} {got['import']:8.2f} {got['read']:7.2f} "
+            print(f"{name:28} {got['keys']:5d} {ckpt.stat().st_size / 1e6:6.0f} {got['import']:8.2f} "
+                  f"{got['read']:7.2f} "
                   f"{got['first']:20.2f} {got['again']:8.2f} {convert_s:10.1f}  {got['found']}")
 
 

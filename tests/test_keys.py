@@ -93,5 +93,6 @@ def test_key_map_renames_what_the_fitting_cannot(tmp_path):
                       "--key-map", "module.stage=block", "--key-map", "module.classifier.=fc.")
     assert outcome.returncode == 0, outcome.stderr
     report = json.loads(outcome.stdout)
-    assert report["checkpoint"]["arch"] == "vared:tiny_c3d" and report["checkpoint"]["keys"] == "checkpoint keys: stripped 'module.' (6 keys)"
+    assert report["checkpoint"]["arch"] == "vared:tiny_c3d"
+    assert report["checkpoint"]["keys"] == "checkpoint keys: stripped 'module.' (6 keys)"
     assert report["max_abs_error"] == 0.0

@@ -123,7 +123,8 @@ def _read_without_objects(path: Path, missing_module: str | None = None) -> RawC
     except ValueError as exc:
         raise VaredError(f"{path}: {exc}") from exc
     except Exception as exc:  # as above: a file the unpickler cannot finish
-        raise VaredError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({_first_line(exc)})") from exc
+        raise VaredError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt "
+                         f"({_first_line(exc)})") from exc
     return RawCheckpoint(content, replaced, missing_module)
 
 

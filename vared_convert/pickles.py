@@ -179,8 +179,9 @@ def _is_torchscript(path: str | os.PathLike) -> bool:
 
 
 def load_without_objects(path: str | os.PathLike) -> tuple[Any, list[str]]:
-    """Unpickle a ``torch.save`` file (zip or legacy) or a plain pickle, replacing every global but the tensor allowlist by a
-    :class:`StandIn`. Returns ``(content, replaced)``: ``replaced`` names each global stood in for, most used first.
+    """Unpickle a ``torch.save`` file (zip or legacy) or a plain pickle, replacing every global but the tensor
+    allowlist by a :class:`StandIn`. Returns ``(content, replaced)``: ``replaced`` names each global stood in
+    for, most used first.
 
     Raises ``ValueError`` for a TorchScript archive (which ``torch.load`` would hand to ``torch.jit.load``), and
     whatever unpickling raises for a file that is not a readable checkpoint.
