@@ -13,6 +13,9 @@ of the FLOPs saving realised in time, ``(1 - time_ratio) / (1 - flops_ratio)``.
   with ``--lowering`` (default ``frames``: k_t×k×k convs as 2-D convs over frames, ``vared export
   --conv-lowering frames``), and the original is exported through the same lowering, so the ratio measures the
   options, not the lowering.
+* ``--conv-kernel`` (default ``auto``: oneDNN on the CPU) runs every 3-D conv of both models through the same
+  kernel. PyTorch's own choice (``aten``) sends batch-1 convs on small maps (N·C·T·H ≤ 20,480) to a reference
+  kernel 3–8× slower than oneDNN, which taxes the cheap options most.
 * ``--malloc retain`` (default) runs with glibc keeping freed memory for reuse, as production CPU serving does
   with jemalloc or tcmalloc; ``system`` keeps glibc's defaults, where each large tensor can page-fault its memory
   back in (costly on VMs), a fixed cost per layer that hits both models and hides savings.
@@ -21,7 +24,7 @@ Random weights (speed does not depend on them); timings interleave original and 
 report medians, so background load hits both alike. ``--quick`` runs small clips for a smoke test.
 
     python benchmarks/bench_speed.py [--quick] [--json] [--models r3d_18,x3d_m] [--backends eager,onnxruntime]
-        [--batches 1,8] [--threads N] [--lowering none,frames] [--malloc retain|system]
+        [--batches 1,8] [--threads N] [--lowering none,frames] [--malloc retain|system] [--conv-kernel aten,onednn]
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from vared_convert.convert import convert
 from vared_convert.export import LOWERINGS, export_model, lower_conv3d, static_policy
 from vared_convert.flops import CostModel, option_costs
 from vared_convert.nn import DynamicConv3d, adaptive_layers, option_index
+from vared_convert.nn.kernels import onednn_conv3d, resolve_kernel, set_conv_kernel
 from vared_convert.timing import measure_interleaved, resolve_device
 
 MODELS = {
@@ -114,18 +118,20 @@ def flops_ratios(costs: CostModel, options: list) -> dict[tuple[int, float], tup
 
 
 def bench_eager(name, granularity, original, adaptive, costs, options, shape, batch, device, dtype, layout,
-                repeats) -> list[Row]:
+                repeats, kernel="aten") -> list[Row]:
     clip = torch.randn(batch, *shape).to(device=device, dtype=dtype).contiguous(memory_format=layout)
+    conv3d = onednn_conv3d if kernel == "onednn" else F.conv3d
 
-    def ready(model: torch.nn.Module):
-        model = model.to(device=device, dtype=dtype, memory_format=layout).eval()
+    def ready(model: torch.nn.Module):  # a copy: both models get the same layout, dtype and conv kernel
+        model = set_conv_kernel(copy.deepcopy(model).to(device=device, dtype=dtype, memory_format=layout).eval(),
+                                kernel)
         return lambda: model(clip)
 
     def full_conv(layer, input_shape):  # the original conv of a dynamic layer, alone, on its input
         x = torch.randn(batch, *input_shape[1:]).to(device=device, dtype=dtype).contiguous(memory_format=layout)
         weight = layer.weight.detach().to(device=device, dtype=dtype).contiguous(memory_format=layout)
         bias = None if layer.bias is None else layer.bias.detach().to(device=device, dtype=dtype)
-        return lambda: F.conv3d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return lambda: conv3d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
 
     fns = {"original": ready(original)}
     for option in options:
@@ -144,7 +150,7 @@ def bench_eager(name, granularity, original, adaptive, costs, options, shape, ba
             conv = option_costs(table.layer, table.input_shape)
             scale = conv[option_index(table.layer, *option)].conv / conv[0].conv
             ideal -= timings[table.name].median_ms * (1 - scale)
-        rows.append(Row(name, "×".join(map(str, shape)), granularity, f"eager {device.type}", batch,
+        rows.append(Row(name, "×".join(map(str, shape)), granularity, f"eager {device.type} {kernel}", batch,
                         f"{option[0]},{option[1]:g}", base, timings[option].median_ms, ratios[option][0], ideal))
     return rows
 
@@ -293,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (ONNX Runtime runs on the CPU only)")
     parser.add_argument("--layout", default="auto", choices=["auto", "channels-last", "ncdhw"],
                         help="eager memory layout (auto: channels-last on the CPU)")
+    parser.add_argument("--conv-kernel", default="auto", help="eager 3-D conv kernel for both models, "
+                        "comma-separated: aten (PyTorch's choice), onednn (always oneDNN), auto (onednn on the CPU)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="eager dtype")
     parser.add_argument("--lowering", default="frames", help="ONNX conv lowering, comma-separated: "
                         + ", ".join(LOWERINGS) + " (the original is exported with the same one)")
@@ -317,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         batches = sorted({min(b, 2) for b in batches})
     backends = args.backends.split(",")
+    kernels = [resolve_kernel(k, device) for k in args.conv_kernel.split(",")]
     lowerings = args.lowering.split(",")
     if any(lowering not in LOWERINGS for lowering in lowerings):
         parser.error(f"--lowering: choose from {', '.join(LOWERINGS)}")
@@ -337,9 +346,11 @@ def main(argv: list[str] | None = None) -> int:
                 ratios = flops_ratios(costs, options)
                 for batch in batches:
                     if "eager" in backends:
-                        rows += bench_eager(name, granularity, original, adaptive, costs, options, shape, batch,
-                                            device, dtype, layout, repeats)
-                        print(f"# {name} {granularity} eager batch {batch} done", file=sys.stderr, flush=True)
+                        for kernel in kernels:
+                            rows += bench_eager(name, granularity, original, adaptive, costs, options, shape, batch,
+                                                device, dtype, layout, repeats, kernel)
+                            print(f"# {name} {granularity} eager ({kernel} convs) batch {batch} done", file=sys.stderr,
+                                  flush=True)
                     for lowering in lowerings if "onnxruntime" in backends else []:
                         try:
                             rows += bench_onnx(name, granularity, original, adaptive, options, shape, batch, ratios,

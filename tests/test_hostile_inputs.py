@@ -240,6 +240,7 @@ BAD_ARGUMENTS = [
     (("profile", "model.pth", "--repeats", "0"), "--repeats 0"),
     (("profile", "model.pth", "--repeats", "-3"), "--repeats -3"),
     (("profile", "model.pth", "--repeats", "abc"), "Invalid value for '--repeats'", 2),
+    (("profile", "model.pth", "--latency", "--conv-kernel", "mkl"), "--conv-kernel 'mkl': expected one of auto, aten, onednn"),
     (("profile", "model.pth", "--input-shape", "5,4,32,32"), "reads 3-channel clips"),
     (("profile", "model.pth", "--input-shape", "3,4,32"), "C,T,H,W"),
     (("profile", "model.pth", "--device", "gpu7"), "--device"),

@@ -9,6 +9,7 @@ from .errors import VaredError
 from .export import export_model
 from .nn import (AdaptiveBlock, DynamicConv3d, adaptive_layers, decide, dynamic_convs, forced_policy, recording,
                  set_execution, set_policy, set_temperature)
+from .nn.kernels import conv_kernel, set_conv_kernel
 from .predict import EvalReport, evaluate
 from .recipe import ModelInfo, Recipe, model_info
 from .recognize import recognise
@@ -25,6 +26,7 @@ __all__ = [
     "VaredError",
     "build_model",
     "adaptive_layers",
+    "conv_kernel",
     "convert",
     "decide",
     "dynamic_convs",
@@ -36,6 +38,7 @@ __all__ = [
     "recognise",
     "recording",
     "save_model",
+    "set_conv_kernel",
     "set_execution",
     "set_policy",
     "set_temperature",

@@ -15,11 +15,12 @@ from typing import Any, Callable, Mapping, Sequence
 from .arch import ArchSpec
 from .checkpoint import (is_vared_checkpoint, load_model, load_plain_checkpoint, model_from_checkpoint,
                          read_raw_checkpoint, save_model)
-from .checks import integer, number
+from .checks import choice, integer, number
 from .convert import DEFAULT_CHANNEL, DEFAULT_GRANULARITY, DEFAULT_TEMPORAL, Conversion, convert
 from .errors import ArgumentError, VaredError
 from .files import atomic_output, check_output_path, same_file
 from .keys import parse_key_map
+from .nn.kernels import CONV_KERNELS
 
 __all__ = ["convert_checkpoint", "profile_checkpoint", "evaluate_checkpoint", "export_checkpoint", "write_json"]
 
@@ -113,6 +114,7 @@ def profile_checkpoint(
     latency: bool = False,
     device: str = "auto",
     repeats: int = 10,
+    conv_kernel: str = "auto",
     json_out: str | os.PathLike | None = None,
     plot: str | os.PathLike | None = None,
     force: bool = False,
@@ -129,6 +131,7 @@ def profile_checkpoint(
             check_output_path(path, force, inputs=[model_path], what=flag)
     integer("repeats", repeats, 1)
     rules = parse_key_map(key_map)
+    choice("conv_kernel", conv_kernel, ("auto", *CONV_KERNELS))
     if num_classes is not None:
         integer("num_classes", num_classes, 1)
     if data is not None:
@@ -138,11 +141,12 @@ def profile_checkpoint(
     target = resolve_device(device)
     model = load_model(model_path, arch, num_classes=num_classes, trust_pickle=trust_pickle, key_map=rules).to(target)
     if data is None:
-        report = profile_model(model, input_shape, option=option, latency=latency, repeats=repeats)
+        report = profile_model(model, input_shape, option=option, latency=latency, repeats=repeats,
+                               conv_kernel=conv_kernel)
     else:
         report = profile_dataset(model, data, clips, split=split, layout=layout, stride=stride, workers=workers,
                                  input_shape=input_shape, progress=progress, option=option, latency=latency,
-                                 repeats=repeats)
+                                 repeats=repeats, conv_kernel=conv_kernel)
     if json_out is not None:
         write_json(json_out, report.to_dict(), force=True, inputs=[model_path])
     if plot is not None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import ArgumentError
 
-__all__ = ["integer", "number", "flag_name"]
+__all__ = ["choice", "integer", "number", "flag_name"]
 
 
 def flag_name(name: str) -> str:
@@ -36,6 +36,13 @@ def number(name: str, value: Any, minimum: float | None = None, maximum: float |
     if above is not None and not value > above:
         raise ArgumentError(flag_name(name), value, f"must be greater than {above:g}")
     _check_range(name, value, minimum, maximum)
+    return value
+
+
+def choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``."""
+    if value not in choices:
+        raise ArgumentError(flag_name(name), value, "expected one of " + ", ".join(choices))
     return value
 
 

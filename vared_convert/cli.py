@@ -265,7 +265,7 @@ def print_profile(report, title: str) -> None:
         lat = report.latency
         realised = f", realised share {lat.realised:.2f}" if lat.realised is not None else ""
         console.print(f"latency ({lat.original.device}, {lat.original.threads} threads, {lat.layout}, malloc "
-                      f"{lat.malloc}, median of {lat.original.repeats} interleaved after warm-up, batch 1): original "
+                      f"{lat.malloc}, {lat.conv_kernel} convs, median of {lat.original.repeats} interleaved after warm-up, batch 1): original "
                       f"{lat.original.median_ms:.1f} ms ({lat.original.min_ms:.1f}–{lat.original.max_ms:.1f}), adaptive "
                       f"{lat.adaptive.median_ms:.1f} ms ({lat.adaptive.min_ms:.1f}–{lat.adaptive.max_ms:.1f}) → time "
                       f"ratio [bold]{lat.time_ratio:.3f}[/] (FLOPs ratio {report.flops_ratio:.3f}{realised})")
@@ -301,6 +301,8 @@ def profile(
     latency: Annotated[bool, typer.Option("--latency", help="Also time original and adaptive on the same inputs.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (for --latency and --data).")] = "auto",
     repeats: Annotated[int, typer.Option(help="Timed repeats for --latency (median reported).")] = 10,
+    conv_kernel: Annotated[str, typer.Option(help="For --latency: the 3-D conv kernel both models run with: auto "
+                                             "(oneDNN on the CPU), aten (PyTorch's own choice) or onednn.")] = "auto",
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write the report as JSON to PATH ('-': stdout).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw per-layer original vs adaptive GFLOPs to a PNG.")] = None,
     trust_pickle: Annotated[bool, typer.Option(help="Allow pickled objects in a plain checkpoint.")] = False,
@@ -321,7 +323,7 @@ def profile(
             model_path, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, key_map=key_map,
             input_shape=parse_ints(input_shape, "--input-shape") if input_shape else None,
             option=parse_option(option) if option else None, data=data, clips=clips, split=split, layout=layout,
-            stride=stride, workers=workers, latency=latency, device=device, repeats=repeats,
+            stride=stride, workers=workers, latency=latency, device=device, repeats=repeats, conv_kernel=conv_kernel,
             json_out=None if to_stdout else json_out, plot=plot, force=force,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )

@@ -22,11 +22,12 @@ import torch
 from torch import nn
 
 from .arch import build_model
-from .checks import integer
+from .checks import choice as check_choice, integer
 from .errors import VaredError
 from .flops import CostModel
 from .blocks import block_members
 from .nn import adaptive_layers, forced_policy, option_index, recording
+from .nn.kernels import CONV_KERNELS, resolve_kernel, set_conv_kernel
 from .recipe import model_info
 from .shapes import check_clip_shape, resolve_clip_shape
 from .timing import Timing, measure_interleaved
@@ -92,6 +93,7 @@ class Latency:
     flops_ratio: float | None = None
     layout: str = "contiguous"
     malloc: str = "system"
+    conv_kernel: str = "aten"
 
     @property
     def time_ratio(self) -> float:
@@ -115,6 +117,7 @@ class Latency:
             "realised": self.realised,
             "layout": self.layout,
             "malloc": self.malloc,
+            "conv_kernel": self.conv_kernel,
             "device": self.original.device,
             "threads": self.original.threads,
             "repeats": self.original.repeats,
@@ -272,6 +275,7 @@ def profile_model(
     repeats: int = 10,
     warmup: int = 3,
     latency_clips: int = 4,
+    conv_kernel: str = "auto",
     on_batch: Callable[[int], None] | None = None,
 ) -> ProfileReport:
     """Profile ``model`` (converted or plain) per layer; optionally on real ``clips`` and with measured latency.
@@ -281,11 +285,14 @@ def profile_model(
         clips: batches ``(clips (N, C, T, H, W), labels or None)`` on which the gates decide.
         option: force every gate to ``(temporal factor, channel ratio)``.
         latency: time the original network and the adaptive model on the same inputs (batch 1).
+        conv_kernel: the conv kernel both run with when timed (:func:`~vared_convert.nn.kernels.set_conv_kernel`;
+            ``"auto"``: oneDNN on the CPU).
         on_batch: called with the number of clips after each batch (progress bars).
     """
     integer("repeats", repeats, 1)
     integer("warmup", warmup, 0)
     integer("latency_clips", latency_clips, 1)
+    check_choice("conv_kernel", conv_kernel, ("auto", *CONV_KERNELS))
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     model.eval()
@@ -361,7 +368,7 @@ def profile_model(
     )
     if latency:
         inputs = sample_clips or [torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)]
-        report.latency = _measure_latency(model, inputs, option, repeats, warmup, device)
+        report.latency = _measure_latency(model, inputs, option, repeats, warmup, device, conv_kernel)
         report.latency.flops_ratio = report.flops_ratio
     return report
 
@@ -384,9 +391,10 @@ def check_option(model: nn.Module, option: tuple[int, float]) -> None:
 
 
 def _measure_latency(model: nn.Module, inputs: list[torch.Tensor], option: tuple[int, float] | None, repeats: int,
-                     warmup: int, device: torch.device) -> Latency:
+                     warmup: int, device: torch.device, conv_kernel: str = "auto") -> Latency:
     """Both models timed side by side, interleaved, in the layout inference runs in on ``device`` (channels-last
-    on the CPU, where it is fastest for both), with freed memory kept for reuse on glibc."""
+    on the CPU, where it is fastest for both), with the same conv kernel, and with freed memory kept for reuse on
+    glibc."""
     import copy
 
     from .predict import inference_memory_format
@@ -394,8 +402,11 @@ def _measure_latency(model: nn.Module, inputs: list[torch.Tensor], option: tuple
 
     layout = inference_memory_format(device)
     malloc = "retain" if device.type == "cpu" and retain_freed_memory() else "system"
-    original = original_network(model).to(memory_format=layout).eval()
-    model = copy.deepcopy(model).to(memory_format=layout).eval()
+    kernel = resolve_kernel(conv_kernel, device)
+    original = original_network(model)
+    original = copy.deepcopy(original) if original is model else original  # never the caller's own module
+    original = set_conv_kernel(original.to(memory_format=layout).eval(), kernel)
+    model = set_conv_kernel(copy.deepcopy(model).to(memory_format=layout).eval(), kernel)
     inputs = [x.contiguous(memory_format=layout) for x in inputs]
 
     def run_all(net: nn.Module) -> Callable[[], None]:
@@ -409,7 +420,8 @@ def _measure_latency(model: nn.Module, inputs: list[torch.Tensor], option: tuple
         timings = measure_interleaved({"original": run_all(original), "adaptive": run_all(model)}, device, warmup,
                                       repeats)
     return Latency(*(_per_clip(timings[name], len(inputs)) for name in ("original", "adaptive")), clips=len(inputs),
-                   layout="channels-last" if layout == torch.channels_last_3d else "contiguous", malloc=malloc)
+                   layout="channels-last" if layout == torch.channels_last_3d else "contiguous", malloc=malloc,
+                   conv_kernel=kernel)
 
 
 def _per_clip(timing: Timing, clips: int) -> Timing:

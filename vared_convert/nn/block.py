@@ -287,10 +287,11 @@ class AdaptiveBlock(AdaptiveLayer):
         blocks = [computed, self.rebuild_channels[ci].ghosts(computed, fast)] if ci >= 0 else [computed]
         return self.rebuild_frames[ti].expand(blocks, frames, fast)
 
-    def run_option(self, x: torch.Tensor, option: int, conv3d: Conv3dFunction = F.conv3d,
+    def run_option(self, x: torch.Tensor, option: int, conv3d: Conv3dFunction | None = None,
                    fast: bool | None = None) -> torch.Tensor:
         """Run only what ``option`` needs, then rebuild: the inference path of one decision."""
         fast = self.fast if fast is None else fast
+        conv3d = conv3d or self.conv3d_function(fast)
         with torch.no_grad() if fast else contextlib.nullcontext():  # the fast routes are for inference only
             computed = self.computed_part(x, option, conv3d, cached=fast)
             return self.rebuild(computed, option, self.output_frames(x.shape[2]), fast)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gate import SoftModulationGate
+from .kernels import onednn_conv3d
 from .rebuild import memory_format_of
 
 __all__ = [
@@ -128,6 +129,7 @@ class AdaptiveLayer(nn.Module):
         self.temperature: float = 1.0
         self.relaxation: str = "hard"  # training: "hard" (straight-through one-hot) or "soft" (Gumbel mixture)
         self.execution: str = TRAIN  # nn.Module starts in training mode
+        self.conv_kernel: str = "aten"  # eager inference's conv kernel (nn.kernels.set_conv_kernel)
         self._log: DecisionLog | None = None
 
     # ------------------------------------------------------------------ execution
@@ -145,7 +147,11 @@ class AdaptiveLayer(nn.Module):
         """Whether the cheap ops may take their in-place eager routes (inference only)."""
         return self.execution == INFER
 
-    def run_option(self, x: torch.Tensor, option: int, conv3d: Callable[..., torch.Tensor] = F.conv3d,
+    def conv3d_function(self, fast: bool) -> Callable[..., torch.Tensor]:
+        """The conv an option runs with: the chosen kernel on the fast (eager inference) route, else ``F.conv3d``."""
+        return onednn_conv3d if fast and self.conv_kernel == "onednn" else F.conv3d
+
+    def run_option(self, x: torch.Tensor, option: int, conv3d: Callable[..., torch.Tensor] | None = None,
                    fast: bool | None = None) -> torch.Tensor:
         raise NotImplementedError
 
