@@ -22,7 +22,7 @@ import torch
 
 from .arch import KNOWN_ARCHS, ArchSpec, build_model, default_input_shape
 from .errors import UnrecognisedArchError, VaredError
-from .keys import KeyFit, Shape, shapes_fit, fit_keys, is_optional_key
+from .keys import KeyFit, Shape, fit_keys, is_optional_key, shapes_fit
 from .pickles import StandIn
 
 __all__ = ["ArchSignature", "Recognition", "signature", "recognise", "carried_config"]
@@ -39,7 +39,8 @@ PROBE_CLASSES = 1009  # the class count the signatures are built with: a prime n
 
 @dataclass(frozen=True)
 class ArchSignature:
-    """A registry architecture's keys and shapes (at its default head) and its classifier's keys."""
+    """A registry architecture's keys and shapes (its head built for :data:`PROBE_CLASSES` classes) and its
+    classifier's keys."""
 
     name: str
     shapes: Mapping[str, Shape]
