@@ -68,13 +68,16 @@ def test_the_report_says_what_was_recognised(tmp_path):
 
 
 def test_arch_wins_over_recognition(tmp_path):
-    ckpt = tmp_path / "x3d_s.pth"
-    torch.save(build_model(ArchSpec("pytorchvideo:x3d_xs", 3)).state_dict(), ckpt)
-    outcome = run_cli("convert", ckpt, "--arch", "pytorchvideo:x3d_xs", "--num-classes", "3", "--out",
-                      tmp_path / "o.pth", "--input-shape", "3,4,32,32", "--json")
-    assert outcome.returncode == 0, outcome.stderr
-    assert json.loads(outcome.stdout)["checkpoint"]["recognised"] is None
-    assert torch.load(tmp_path / "o.pth", weights_only=True)["arch"]["name"] == "pytorchvideo:x3d_xs"
+    ckpt = tmp_path / "tiny.pth"
+    torch.save(tiny_c3d(num_classes=3).state_dict(), ckpt)  # recognised as vared:tiny_c3d without --arch
+    outcome = run_cli("convert", ckpt, "--arch", "models_for_tests:tiny", "--num-classes", "3", "--out",
+                      tmp_path / "o.pth", "--input-shape", "3,8,32,32", "--json")
+    assert_refused(outcome, "checkpoint does not fit models_for_tests:tiny")  # built as named, not as recognised
+    named = run_cli("convert", ckpt, "--arch", "vared:tiny_c3d", "--num-classes", "3", "--out", tmp_path / "o.pth",
+                    "--input-shape", "3,8,32,32", "--json")
+    assert named.returncode == 0, named.stderr
+    loaded = json.loads(named.stdout)["checkpoint"]
+    assert loaded["arch"] == "vared:tiny_c3d" and loaded["recognised"] is None
 
 
 # ---------------------------------------------------------------------------------------------- same weights
