@@ -121,7 +121,8 @@ def profile_checkpoint(
     progress: Callable[[int, int], None] | None = None,
 ) -> Any:
     """``vared profile``: per-layer FLOPs (and latency) of a model file, optionally on a dataset's clips; writes
-    the JSON report to ``json_out`` and the plot to ``plot`` when given. Returns the ``ProfileReport``."""
+    the JSON report to ``json_out`` and the plot to ``plot`` when given; ``key_map`` (``OLD=NEW`` prefix rewrites)
+    renames a plain checkpoint's keys. Returns the ``ProfileReport``."""
     from .profile import profile_dataset, profile_model
     from .timing import resolve_device
 
