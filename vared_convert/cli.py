@@ -225,7 +225,7 @@ def print_profile(report, title: str) -> None:
     """The per-layer table, totals, units and latency lines of `vared profile`."""
     table = Table(title=title, title_justify="left")
     table.add_column("layer", no_wrap=True)
-    table.add_column("out C×T", no_wrap=True)
+    table.add_column("out C×T×H×W", no_wrap=True)
     table.add_column("original", justify="right", no_wrap=True)
     table.add_column("adaptive" if report.mode != "static" else "cheapest–full", justify="right", no_wrap=True)
     table.add_column("saving", justify="right", no_wrap=True)
