@@ -139,6 +139,7 @@ class ProfileReport:
     option: tuple[int, float] | None = None
     latency: Latency | None = None
     class_histograms: dict[str, dict[str, int]] = field(default_factory=dict)
+    latency_table: Any = None  # a LatencyTable, with `vared profile --latency-table`
 
     @property
     def flops_ratio(self) -> float:
@@ -163,6 +164,8 @@ class ProfileReport:
             data["class_option_counts"] = self.class_histograms
         if self.latency is not None:
             data["latency"] = self.latency.to_dict()
+        if self.latency_table is not None:
+            data["latency_table"] = self.latency_table.to_dict()
         return data
 
 
