@@ -310,6 +310,8 @@ BAD_ARGUMENTS = [
     (("finetune", "model.pth", "--data", "data", "--resume", "missing.pth"), "no such file"),
     (("finetune", "model.pth"), "--data"),
     (("finetune", "model.pth", "--data", "data", "--cost", "time"), "--cost 'time'"),
+    (("finetune", "model.pth", "--data", "data", "--cost", "latency", "--latency-table", "table.json",
+      "--target-flops", "2.5"), "--target-flops 2.5: must be at most 2"),
     (("finetune", "model.pth", "--data", "data", "--cost", "latency"), "needs --latency-table PATH"),
     (("finetune", "model.pth", "--data", "data", "--latency-table", "table.json"), "only with --cost latency"),
     (("finetune", "model.pth", "--data", "data", "--cost", "latency", "--latency-table", "missing.json"),

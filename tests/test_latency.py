@@ -159,9 +159,10 @@ def test_finetune_budgets_time_and_keeps_the_table_with_the_run(run_vared, tmp_p
     val = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
            if json.loads(line)["kind"] == "val"][-1]
     costs = LatencyCostModel.from_table(table, final)
-    assert costs.min_macs() / costs.original_macs <= val["flops_ratio"] + 1e-9
     dearest = [max(range(len(t.option_macs)), key=t.option_macs.__getitem__) for t in costs.layers]
-    assert val["flops_ratio"] <= (costs.forced_macs(dearest) + costs.gate_macs) / costs.original_macs + 1e-9
+    low = costs.min_macs() / costs.original_macs
+    high = (costs.forced_macs(dearest) + costs.gate_macs) / costs.original_macs
+    assert low * (1 - 1e-6) <= val["flops_ratio"] <= high * (1 + 1e-6)
 
     # a model finetuned again on FLOPs loses the label
     again = finetune(result.out, dict(clip, data=str(data), epochs=1, max_steps=1, target_flops=1.0,

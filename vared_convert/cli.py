@@ -276,7 +276,7 @@ def print_latency_table(table, stream: Console) -> None:
                     f"{layer.gate_ms:.3f}")
     stream.print(out)
     stream.print(f"original {table.original_ms:.2f} ms, full path {table.full_ms:.2f} ms, static rest "
-                 f"{table.static_ms:.2f} ms, gates {table.gate_ms:.2f} ms (median of {table.repeats} interleaved "
+                 f"{table.static_ms:.2f} ms, gates {table.gate_ms:.2f} ms (fastest of {table.repeats} interleaved "
                  f"rounds after warm-up)", highlight=False)
 
 
@@ -307,7 +307,8 @@ def profile(
     workers: Annotated[int, typer.Option(help="With --data: decoding processes.")] = 2,
     latency: Annotated[bool, typer.Option("--latency", help="Also time original and adaptive on the same inputs.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (for --latency and --data).")] = "auto",
-    repeats: Annotated[int, typer.Option(help="Timed repeats for --latency and --latency-table (median reported).")] = 10,
+    repeats: Annotated[int, typer.Option(help="Timed repeats for --latency (median reported) and --latency-table "
+                                         "(fastest kept).")] = 10,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for --latency and --latency-table "
                                                    "\\[default: as torch sets them].")] = None,
     latency_table: Annotated[Optional[Path], typer.Option("--latency-table", help="Time every adaptive layer at "

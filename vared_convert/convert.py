@@ -115,7 +115,8 @@ def _stored_proxy(model: nn.Module) -> str | None:
         for key, value in vars(module).items():
             items = value.items() if key in ("_parameters", "_buffers") else [(key, value)]
             for attr, v in items:
-                if isinstance(v, fx.Proxy) or (isinstance(v, (list, tuple)) and any(isinstance(e, fx.Proxy) for e in v)):
+                held = v if isinstance(v, (list, tuple)) else [v]
+                if any(isinstance(e, fx.Proxy) for e in held):
                     return f"{name}.{attr}" if name else attr
     return None
 

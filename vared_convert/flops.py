@@ -20,7 +20,8 @@ from torch import nn
 
 from .nn import AdaptiveBlock, AdaptiveLayer, DynamicConv3d, conv_output_frames
 
-__all__ = ["OptionCost", "PolicyCosts", "CostModel", "LayerCostTable", "count_macs", "conv_macs", "option_costs", "gate_macs", "VARED_HANDLES"]
+__all__ = ["OptionCost", "PolicyCosts", "CostModel", "LayerCostTable", "count_macs", "conv_macs", "option_costs",
+           "gate_macs", "VARED_HANDLES"]
 
 
 def _mean_macs(inputs: list[Any], outputs: list[Any]) -> int:

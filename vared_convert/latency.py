@@ -1,11 +1,13 @@
 """Latency tables: what each adaptive layer costs in time, at each of its options, on one device.
 
 :func:`measure_latency_table` times a converted model the way ``vared profile --latency`` does (inference mode,
-warm-up, median of interleaved repeats; on the CPU channels-last with freed memory kept for reuse, at the thread
-count given; on CUDA synchronised after every call): the original network, the whole model with every gate forced
-to the full option, and, on its real input (captured with a forward hook in that full run), every adaptive layer
-or block alone at each option and its gate. The static rest is the whole full-option model minus its adaptive
-layers at full.
+warm-up, interleaved repeats; on the CPU channels-last with freed memory kept for reuse, at the thread count
+given; on CUDA synchronised after every call): the original network, the whole model with every gate forced to
+the full option, and, on its real input (captured with a forward hook in that full run), every adaptive layer or
+block alone at each option and its gate. The static rest is the whole full-option model minus its adaptive layers
+at full. Each time is the fastest of the repeats: other work on the machine only ever adds time, and adds more to
+a long call (the whole model) than to a short one (one layer), which would skew a median-based table's parts
+against its whole; on a quiet machine the fastest and the median differ by a few percent.
 
 A :class:`LatencyTable` is saved as JSON and loaded with checks: one that was measured on another model (layer
 names or options) or at another clip shape is refused in one line. :class:`LatencyCostModel` reads it with the
@@ -87,7 +89,8 @@ class LatencyTable:
                 f"{self.layout}, batch {self.batch})")
 
     def to_dict(self) -> dict[str, Any]:
-        data = {"format": FORMAT, "format_version": FORMAT_VERSION, "unit": "ms per batch", **asdict(self)}
+        data = {"format": FORMAT, "format_version": FORMAT_VERSION, "unit": "ms per batch, fastest of the repeats",
+                **asdict(self)}
         data.update(static_ms=self.static_ms, gate_ms=self.gate_ms)
         return data
 
@@ -148,7 +151,8 @@ class LatencyTable:
             raise VaredError(f"{source}: not JSON ({exc.msg} at line {exc.lineno})") from exc
         return cls.from_dict(data, source)
 
-    def check(self, model: nn.Module, clip_shape: Sequence[int] | None = None, source: str = "the latency table") -> None:
+    def check(self, model: nn.Module, clip_shape: Sequence[int] | None = None,
+              source: str = "the latency table") -> None:
         """Refuse, in one line, a table measured on another model (its adaptive layers' names or options differ) or
         at another clip shape than ``clip_shape``."""
         layers = adaptive_layers(model)
@@ -345,7 +349,7 @@ def measure_latency_table(
     """Time every adaptive layer of the converted ``model`` at each option on ``device`` (see the module's doc).
 
     ``clip_shape`` defaults to the recipe's; ``threads`` sets the CPU threads for the measurement (default: as
-    they are); times are medians of ``repeats`` interleaved rounds after ``warmup`` ones, in ms per batch of
+    they are); times are the fastest of ``repeats`` interleaved rounds after ``warmup`` ones, in ms per batch of
     ``batch`` clips. ``model`` itself is not changed (a copy runs).
     """
     from .predict import inference_memory_format
@@ -393,12 +397,12 @@ def measure_latency_table(
     info = model_info(model)
     entries = [
         LayerLatency(name, [int(s) for s in inputs[name].shape[1:]], [o.as_list() for o in layer.options],
-                     [timings[f"{i}:{o}"].median_ms for o in range(layer.num_options)], timings[f"{i}:gate"].median_ms)
+                     [timings[f"{i}:{o}"].min_ms for o in range(layer.num_options)], timings[f"{i}:gate"].min_ms)
         for i, (name, layer) in enumerate(layers)
     ]
     return LatencyTable(
         str(target), _device_name(target), used_threads, torch.__version__,
         "channels-last" if layout == torch.channels_last_3d else "contiguous", malloc, [int(s) for s in shape], batch,
-        repeats, timings["original"].median_ms, timings["full"].median_ms, entries,
+        repeats, timings["original"].min_ms, timings["full"].min_ms, entries,
         info.arch.name if info is not None else "",
     )
