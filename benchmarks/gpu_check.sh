@@ -8,7 +8,8 @@
 # 2. speed: benchmarks/bench_speed.py on CUDA in bf16, eager, at batch 1, 8 and 32, for r3d_18 and x3d_m, at block
 #    and conv granularity (original ms, adaptive ms, time ratio, FLOPs ratio, realised share), as a table and JSON;
 # 3. training: `vared finetune` on CUDA with --amp bf16 for a few steps, on the synthetic dataset, from an r3d_18
-#    with random weights converted by `vared convert`.
+#    with random weights converted by `vared convert`;
+# 4. a time budget: `vared profile --latency-table` on CUDA, then `vared finetune --cost latency` for a few steps.
 # Everything it prints is also written under $OUT; the last line says where. Nothing here needs a GPU-specific
 # edit: device, dtype and batch sizes are the script's own.
 set -euo pipefail
@@ -66,5 +67,12 @@ for granularity in block conv; do
     vared profile "$OUT/r3d18_${granularity}_ft.pth" --option 2,0.5 --latency --device cuda \
         --json "$OUT/profile_${granularity}.json" || echo "profile on cuda failed (see above)"
 done
+
+echo "== latency table on CUDA, and a finetune budgeted in time on it"
+vared profile "$OUT/r3d18_block.pth" --latency-table "$OUT/latency_cuda.json" --device cuda --repeats 10 --force
+vared finetune "$OUT/r3d18_block.pth" --data "$DATA" --device cuda --amp bf16 --epochs 1 --max-steps "$STEPS" \
+    --batch-size 8 --frames 8 --stride 2 --size 112 --workers 4 --log-every 5 --cost latency \
+    --latency-table "$OUT/latency_cuda.json" --target-flops 0.8 --run-dir "$OUT/run_latency" \
+    --out "$OUT/r3d18_latency_ft.pth" --force
 
 echo "== done: figures in $OUT (speed.txt, log.txt, run_*/metrics.jsonl)"

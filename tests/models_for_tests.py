@@ -41,6 +41,75 @@ def untraceable(num_classes: int = 3) -> nn.Module:
     return Untraceable(num_classes)
 
 
+class SamePadConv(nn.Module):
+    """A conv with TensorFlow's "same" padding computed in forward from the input's size, as TF ports of I3D do:
+    the conv reads a padded copy of its input (229 px for a 224 px clip), and the Python arithmetic on the sizes
+    stops torch.fx."""
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int, int], stride: tuple[int, int, int]):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        self.conv = nn.Conv3d(cin, cout, kernel, stride)
+
+    def forward(self, x):
+        pads: list[int] = []
+        for size, k, s in zip(x.shape[2:], self.kernel, self.stride):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+            pads = [total // 2, total - total // 2] + pads  # F.pad lists the last dimension first
+        return self.conv(torch.nn.functional.pad(x, pads))
+
+
+class PadsItsInput(nn.Module):
+    """A stem that pads the clip itself before its conv (TF-style "same" padding), then two plain convs."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.stem = SamePadConv(3, 8, (3, 7, 7), (1, 2, 2))
+        self.body = nn.Sequential(SamePadConv(8, 16, (3, 3, 3), (1, 1, 1)), nn.ReLU(),
+                                  SamePadConv(16, 16, (3, 3, 3), (1, 1, 1)), nn.ReLU())
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = self.body(torch.relu(self.stem(x)))
+        return self.head(x.mean(dim=(2, 3, 4)))
+
+
+def pads_its_input(num_classes: int = 3) -> nn.Module:
+    return PadsItsInput(num_classes)
+
+
+class StreamConv(nn.Module):
+    """A causal temporal conv that keeps the last frames of each clip on itself and prepends them to the next one,
+    as streaming MoViNet's stream buffers do (a plain attribute assigned in forward)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 3, padding=(0, 1, 1))
+        self.stream = None
+
+    def forward(self, x):
+        past = self.stream if self.stream is not None else torch.zeros_like(x[:, :, :2])
+        self.stream = x[:, :, -2:].detach()
+        return torch.relu(self.conv(torch.cat([past, x], dim=2)))
+
+
+class Streaming(nn.Module):
+    """A stem, two stream-buffer convs and a head; ``untraceable=True`` adds a branch on a tensor's value, so that
+    torch.fx fails after the stream buffers were assigned (as on MoViNet)."""
+
+    def __init__(self, num_classes: int = 3, untraceable: bool = True):
+        super().__init__()
+        self.stem = nn.Conv3d(3, 8, (1, 3, 3), padding=(0, 1, 1))
+        self.stream1 = StreamConv(8)
+        self.stream2 = StreamConv(8)
+        self.tail = ValueBranch(8) if untraceable else nn.Identity()
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.tail(self.stream2(self.stream1(torch.relu(self.stem(x)))))
+        return self.head(x.mean(dim=(2, 3, 4)))
+
+
 def not_a_module(num_classes: int = 3):
     return "oops"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from models_for_tests import tiny, untraceable
+from models_for_tests import Streaming, pads_its_input, tiny, untraceable
 from vared_convert.arch import ArchSpec, build_model
 from vared_convert.checkpoint import load_model, save_model
 from vared_convert.convert import convert
@@ -106,6 +106,64 @@ def test_untraceable_user_model_names_the_module_and_still_converts():
     assert "'body'" in result.report.trace_failure
     assert [d.name for d in result.report.converted] == ["body.conv"]
     assert result.report.max_abs_error <= 1e-5
+
+
+@pytest.mark.parametrize("granularity", ["block", "conv"])
+def test_a_model_that_pads_the_clip_itself_keeps_its_stem_static(granularity):
+    # TF-style "same" padding in forward: fx cannot trace it, and the stem conv reads a 37×37 copy of a 32×32 clip.
+    model = pads_its_input()
+    report = convert(model, (3, 4, 32, 32), granularity=granularity).report
+    assert report.analysis == "hooks" and "'stem'" in report.trace_failure
+    reasons = {d.name: d.reason for d in report.static}
+    assert reasons["stem.conv"] == "stem: reads the input clip"
+    assert {d.name for d in report.converted} == {"body.0.conv", "body.2.conv"}
+    assert report.max_abs_error <= 1e-5
+
+
+def _state(model: nn.Module) -> dict:
+    """Every attribute, parameter and buffer of every module: (the object, a copy of its values if a tensor)."""
+    state = {}
+    for name, module in model.named_modules():
+        for key, value in vars(module).items():
+            entries = value.items() if key in ("_parameters", "_buffers") else [(None, value)]
+            for sub, v in entries:
+                state[(name, key, sub)] = (v, v.detach().clone() if isinstance(v, torch.Tensor) else None)
+    return state
+
+
+def _assert_unchanged(before: dict, model: nn.Module) -> None:
+    after = _state(model)
+    assert after.keys() == before.keys()
+    for key, (value, copied) in before.items():
+        assert after[key][0] is value, f"{key} was replaced by {type(after[key][0]).__name__}"
+        if copied is not None:
+            assert torch.equal(after[key][1], copied), key
+
+
+@pytest.mark.parametrize("untraceable", [True, False])
+@pytest.mark.parametrize("granularity", ["block", "conv"])
+def test_a_model_with_stream_buffers_converts_without_touching_it(untraceable, granularity):
+    # Streaming MoViNet keeps the last frames of each clip on its modules (assigned in forward).
+    model = Streaming(untraceable=untraceable).eval()
+    before = _state(model)
+    result = convert(model, (3, 6, 16, 16), granularity=granularity)
+    _assert_unchanged(before, model)
+    report = result.report
+    assert report.analysis == "hooks"
+    if untraceable:
+        assert "'tail'" in report.trace_failure
+    else:  # fx traced it, but a graph cannot keep what forward stores on the module
+        assert "stream1.stream" in report.trace_failure and "stores" in report.trace_failure
+    if granularity == "block":
+        assert not report.blocks and report.block_failure
+    assert {"stream1.conv", "stream2.conv"} <= {d.name for d in report.converted}
+    assert {d.name: d.reason for d in report.static}["stem"] == "stem: reads the input clip"
+    # exact over consecutive clips: the converted model streams as the original does
+    reference = copy.deepcopy(model)
+    clips = [torch.randn(1, 3, 6, 16, 16) for _ in range(3)]
+    with torch.no_grad(), forced_policy(result.model, (1, 1.0)):
+        for x in clips:
+            torch.testing.assert_close(result.model(x), reference(x), rtol=0, atol=1e-5)
 
 
 def test_rules_stem_cheap_skip_only():

@@ -102,6 +102,13 @@ def ws(tmp_path_factory) -> Path:
     (root / "not_yaml.yaml").write_text("lr: [1, 2\n")
     (root / "list.yaml").write_text("- 1\n- 2\n")
     (root / "unknown.yaml").write_text("learning_rate: 0.1\n")
+    from vared_convert.checkpoint import load_model
+    from vared_convert.convert import convert
+    from vared_convert.latency import measure_latency_table
+
+    measure_latency_table(load_model(model), repeats=1, warmup=0).save(root / "table.json")  # at the recipe's clip
+    other = convert(tiny_c3d(num_classes=8, width=8), (3, 4, 32, 32), granularity="conv").model
+    measure_latency_table(other, repeats=1, warmup=0).save(root / "other_table.json")
     (root / "taken.onnx").write_bytes(b"precious")
     (root / "taken.json").write_bytes(b"precious")
     (root / "empty_data").mkdir()
@@ -250,6 +257,16 @@ BAD_ARGUMENTS = [
     (("profile", "model.pth", "--data", "empty_data"), "no videos"),
     (("profile", "model.pth", "--data", "nowhere"), "no such dataset directory"),
     (("profile", "plain.pth", "--arch", "vared:tiny_c3d", "--num-classes", "-2"), "--num-classes -2"),
+    (("profile", "model.pth", "--latency-table", "taken.json"), "exists; pass --force"),
+    (("profile", "model.pth", "--latency-table", "model.pth"), "is the input"),
+    (("profile", "model.pth", "--latency-table", "folder.pth"), "is a directory"),
+    (("profile", "model.pth", "--latency-table", "nowhere/t.json"), "does not exist"),
+    (("profile", "model.pth", "--latency-table", "t.json", "--json", "t.json"), "give each output its own file"),
+    (("profile", "plain.pth", "--arch", "vared:tiny_c3d", "--latency-table", "t.json"), "needs a converted model"),
+    (("profile", "model.pth", "--latency-table", "t.json", "--threads", "0"), "--threads 0"),
+    (("profile", "model.pth", "--latency-table", "t.json", "--threads", "x"), "Invalid value for '--threads'", 2),
+    (("profile", "model.pth", "--latency-table", "t.json", "--repeats", "0"), "--repeats 0"),
+    (("profile", "model.pth", "--latency-table", "t.json", "--device", "cuda:9"), "--device"),
     # evaluate
     (("evaluate", "model.pth", "--data", "data", "--frames", "0"), "--frames 0"),
     (("evaluate", "model.pth", "--data", "data", "--size", "-1"), "--size -1"),
@@ -307,6 +324,23 @@ BAD_ARGUMENTS = [
     (("finetune", "model.pth", "--data", "data", "--resume", "plain.pth"), "not a vared training checkpoint"),
     (("finetune", "model.pth", "--data", "data", "--resume", "missing.pth"), "no such file"),
     (("finetune", "model.pth"), "--data"),
+    (("finetune", "model.pth", "--data", "data", "--cost", "time"), "--cost 'time'"),
+    (("finetune", "model.pth", "--data", "data", "--cost", "latency", "--latency-table", "table.json",
+      "--target-flops", "2.5"), "--target-flops 2.5: must be at most 2"),
+    (("finetune", "model.pth", "--data", "data", "--cost", "latency"), "needs --latency-table PATH"),
+    (("finetune", "model.pth", "--data", "data", "--latency-table", "table.json"), "only with --cost latency"),
+    (("finetune", "model.pth", "--data", "data", "--cost", "latency", "--latency-table", "missing.json"),
+     "no such file"),
+    (("finetune", "model.pth", "--data", "data", "--cost", "latency", "--latency-table", "folder.pth"),
+     "is a directory"),
+    (("finetune", "model.pth", "--data", "data", "--cost", "latency", "--latency-table", "taken.json"), "not JSON"),
+    (("finetune", "model.pth", "--data", "data", "--cost", "latency", "--latency-table", "latin1_classes.txt"),
+     "not UTF-8 text"),
+    (("finetune", "model.pth", "--data", "data", "--cost", "latency", "--latency-table", "list.yaml"), "not JSON"),
+    (("finetune", "model.pth", "--data", "data", "--cost", "latency", "--latency-table", "other_table.json"),
+     "measured on another model"),
+    (("finetune", "model.pth", "--data", "data", "--cost", "latency", "--latency-table", "table.json"),
+     "measured at clip 3,4,32,32 and this run uses 3,16,112,112"),
     (("finetune", "model.pth", "--data", "empty_data"), "no videos"),
     # demo
     (("demo", "--out", "precious_folder"), "is not empty"),

@@ -63,6 +63,32 @@ def test_static_report_gives_ranges_and_json_keys(r3d_full_size):
     assert total == report.original_macs
 
 
+@pytest.mark.parametrize("granularity", ["conv", "block"])
+def test_every_row_has_the_same_output_shape_convention(granularity):
+    # output_shape is (C, T, H, W) of one clip at the full option, static and adaptive rows alike
+    original = tiny().eval()
+    shape = (3, 8, 32, 32)
+    model = convert(original, shape, granularity=granularity).model
+    report = profile_model(model, option=(2, 0.5))
+    rows = report.to_dict()["layers"]
+    assert {row["dynamic"] for row in rows} == {True, False}
+    outputs: dict[str, list[int]] = {}
+
+    def record(name):
+        def hook(module, args, out):
+            outputs.setdefault(name, list(out.shape[1:]))
+
+        return hook
+
+    hooks = [m.register_forward_hook(record(name)) for name, m in model.named_modules()]
+    with torch.no_grad(), forced_policy(model, (1, 1.0)):
+        model(torch.zeros(1, *shape))
+    for h in hooks:
+        h.remove()
+    for row in rows:
+        assert len(row["output_shape"]) == 4 and row["output_shape"] == outputs[row["name"]], row["name"]
+
+
 def test_decisions_on_clips_are_counted_per_layer_and_class():
     model = convert(tiny(), (3, 8, 32, 32)).model
     layers = adaptive_layers(model)

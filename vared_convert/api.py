@@ -117,22 +117,31 @@ def profile_checkpoint(
     conv_kernel: str = "auto",
     json_out: str | os.PathLike | None = None,
     plot: str | os.PathLike | None = None,
+    latency_table: str | os.PathLike | None = None,
+    threads: int | None = None,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Any:
     """``vared profile``: per-layer FLOPs (and latency) of a model file, optionally on a dataset's clips; writes
-    the JSON report to ``json_out`` and the plot to ``plot`` when given; ``key_map`` (``OLD=NEW`` prefix rewrites)
-    renames a plain checkpoint's keys. Returns the ``ProfileReport``."""
+    the JSON report to ``json_out``, the plot to ``plot`` and the per-layer, per-option
+    :class:`~vared_convert.latency.LatencyTable` to ``latency_table`` when given (timed on ``device`` with
+    ``threads`` CPU threads, default as they are); ``key_map`` (``OLD=NEW`` prefix rewrites) renames a plain
+    checkpoint's keys. Returns the ``ProfileReport`` (its ``latency_table`` set)."""
+    import torch
+
     from .profile import profile_dataset, profile_model
     from .timing import resolve_device
 
-    _distinct([("--json", json_out), ("--plot", plot)])
-    for flag, path in (("--json", json_out), ("--plot", plot)):
+    outputs = [("--json", json_out), ("--plot", plot), ("--latency-table", latency_table)]
+    _distinct(outputs)
+    for flag, path in outputs:
         if path is not None:
             check_output_path(path, force, inputs=[model_path], what=flag)
     integer("repeats", repeats, 1)
     rules = parse_key_map(key_map)
     choice("conv_kernel", conv_kernel, ("auto", *CONV_KERNELS))
+    if threads is not None:
+        integer("threads", threads, 1)
     if num_classes is not None:
         integer("num_classes", num_classes, 1)
     if data is not None:
@@ -141,13 +150,31 @@ def profile_checkpoint(
         integer("workers", workers, 0)
     target = resolve_device(device)
     model = load_model(model_path, arch, num_classes=num_classes, trust_pickle=trust_pickle, key_map=rules).to(target)
-    if data is None:
-        report = profile_model(model, input_shape, option=option, latency=latency, repeats=repeats,
-                               conv_kernel=conv_kernel)
-    else:
-        report = profile_dataset(model, data, clips, split=split, layout=layout, stride=stride, workers=workers,
-                                 input_shape=input_shape, progress=progress, option=option, latency=latency,
-                                 repeats=repeats, conv_kernel=conv_kernel)
+    if latency_table is not None:
+        from .nn import adaptive_layers
+
+        if not adaptive_layers(model):
+            raise VaredError("--latency-table needs a converted model (this one has no adaptive layer); run vared "
+                             "convert first")
+    threads_before = torch.get_num_threads()
+    if threads is not None and target.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        if data is None:
+            report = profile_model(model, input_shape, option=option, latency=latency, repeats=repeats,
+                                   conv_kernel=conv_kernel)
+        else:
+            report = profile_dataset(model, data, clips, split=split, layout=layout, stride=stride, workers=workers,
+                                     input_shape=input_shape, progress=progress, option=option, latency=latency,
+                                     repeats=repeats, conv_kernel=conv_kernel)
+        if latency_table is not None:
+            from .latency import measure_latency_table
+
+            report.latency_table = measure_latency_table(model, report.input_shape, target, repeats=repeats,
+                                                         conv_kernel=conv_kernel)
+            report.latency_table.save(latency_table, force=True, inputs=[model_path])
+    finally:
+        torch.set_num_threads(threads_before)
     if json_out is not None:
         write_json(json_out, report.to_dict(), force=True, inputs=[model_path])
     if plot is not None:

@@ -233,7 +233,7 @@ def print_profile(report, title: str) -> None:
     """The per-layer table, totals, units and latency lines of `vared profile`."""
     table = Table(title=title, title_justify="left")
     table.add_column("layer", no_wrap=True)
-    table.add_column("out C×T", no_wrap=True)
+    table.add_column("out C×T×H×W", no_wrap=True)
     table.add_column("original", justify="right", no_wrap=True)
     table.add_column("adaptive" if report.mode != "static" else "cheapest–full", justify="right", no_wrap=True)
     table.add_column("saving", justify="right", no_wrap=True)
@@ -273,6 +273,21 @@ def print_profile(report, title: str) -> None:
         console.print(f"  class {escape(cls)}: {_option_summary(counts, limit=6)}")
 
 
+def print_latency_table(table, stream: Console) -> None:
+    """The per-layer times of a latency table: full and cheapest option, gate; then the totals."""
+    out = Table(title=escape(f"latency per layer, ms per batch of {table.batch} on {table.describe()}"),
+                title_justify="left")
+    for column in ("layer", "full", "cheapest", "gate"):
+        out.add_column(column, justify="left" if column == "layer" else "right", no_wrap=True)
+    for layer in table.layers:
+        out.add_row(escape(layer.name), f"{layer.option_ms[0]:.3f}", f"{min(layer.option_ms):.3f}",
+                    f"{layer.gate_ms:.3f}")
+    stream.print(out)
+    stream.print(f"original {table.original_ms:.2f} ms, full path {table.full_ms:.2f} ms, static rest "
+                 f"{table.static_ms:.2f} ms, gates {table.gate_ms:.2f} ms (fastest of {table.repeats} interleaved "
+                 f"rounds after warm-up)", highlight=False)
+
+
 def _bar(label: str, stream: Console):
     """A progress bar on ``stream``, or nothing when it is not a terminal (a log file gets no garbled lines)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -300,9 +315,16 @@ def profile(
     workers: Annotated[int, typer.Option(help="With --data: decoding processes.")] = 2,
     latency: Annotated[bool, typer.Option("--latency", help="Also time original and adaptive on the same inputs.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (for --latency and --data).")] = "auto",
-    repeats: Annotated[int, typer.Option(help="Timed repeats for --latency (median reported).")] = 10,
-    conv_kernel: Annotated[str, typer.Option(help="For --latency: the 3-D conv kernel both models run with: auto "
-                                             "(oneDNN on the CPU), aten (PyTorch's own choice) or onednn.")] = "auto",
+    repeats: Annotated[int, typer.Option(help="Timed repeats for --latency (median reported) and --latency-table "
+                                         "(fastest kept).")] = 10,
+    conv_kernel: Annotated[str, typer.Option(help="For --latency and --latency-table: the 3-D conv kernel the "
+                                             "models run with: auto (oneDNN on the CPU), aten (PyTorch's own "
+                                             "choice) or onednn.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for --latency and --latency-table "
+                                                   "\\[default: as torch sets them].")] = None,
+    latency_table: Annotated[Optional[Path], typer.Option("--latency-table", help="Time every adaptive layer at "
+                                                          "each option on --device and write the table (JSON) for "
+                                                          "vared finetune --cost latency.")] = None,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write the report as JSON to PATH ('-': stdout).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw per-layer original vs adaptive GFLOPs to a PNG.")] = None,
     trust_pickle: Annotated[bool, typer.Option(help="Allow pickled objects in a plain checkpoint.")] = False,
@@ -324,7 +346,8 @@ def profile(
             input_shape=parse_ints(input_shape, "--input-shape") if input_shape else None,
             option=parse_option(option) if option else None, data=data, clips=clips, split=split, layout=layout,
             stride=stride, workers=workers, latency=latency, device=device, repeats=repeats, conv_kernel=conv_kernel,
-            json_out=None if to_stdout else json_out, plot=plot, force=force,
+            json_out=None if to_stdout else json_out, plot=plot, force=force, threads=threads,
+            latency_table=latency_table,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     if to_stdout:
@@ -333,6 +356,9 @@ def profile(
         print_profile(report, escape(f"{model_path.name}: GFLOPs per layer ({report.mode})"))
         if json_out:
             console.print(f"wrote {escape(json_out)}", highlight=False)
+    if latency_table:
+        print_latency_table(report.latency_table, err_console if to_stdout else console)
+        (err_console if to_stdout else console).print(f"wrote {escape(str(latency_table))}", highlight=False)
     if plot:
         (err_console if to_stdout else console).print(f"wrote {escape(str(plot))}", highlight=False)
 
@@ -380,6 +406,10 @@ def finetune(
     device: Annotated[Optional[str], typer.Option(help=f"auto, cpu, cuda or cuda:N. {_d('device')}")] = None,
     amp: Annotated[Optional[str], typer.Option(help=f"Mixed precision: auto (bf16 on CUDA), bf16, fp16, off. {_d('amp')}")] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Random seed. {_d('seed')}")] = None,
+    cost: Annotated[Optional[str], typer.Option(help="What --target-flops budgets: flops, or latency (a time "
+                                                f"ratio on --latency-table's device). {_d('cost')}")] = None,
+    latency_table: Annotated[Optional[Path], typer.Option("--latency-table", help="With --cost latency: the table "
+                                                          "from vared profile MODEL --latency-table OUT.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (smoke runs). \\[default: no limit]")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Also save last.pth every N steps. \\[default: at epoch ends]")] = None,
     log_every: Annotated[Optional[int], typer.Option(help=f"Steps between metrics lines. {_d('log_every')}")] = None,
@@ -394,7 +424,8 @@ def finetune(
         stride=stride, size=size, train_clips=train_clips, val_clips=val_clips, layout=layout, train=train, lr=lr, backbone_lr_scale=backbone_lr_scale,
         flops_weight=flops_weight, distill_weight=distill_weight, relaxation=relaxation, tau_start=tau_start, tau_end=tau_end,
         warmup_epochs=warmup_epochs, train_bn=train_bn, reset_head=reset_head, device=device, amp=amp, seed=seed,
-        max_steps=max_steps, save_every=save_every, log_every=log_every,
+        max_steps=max_steps, save_every=save_every, log_every=log_every, cost=cost,
+        latency_table=str(latency_table) if latency_table else None,
     ).items() if v is not None}
     from .progress import FinetuneDisplay
 

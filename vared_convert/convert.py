@@ -2,8 +2,11 @@
 
 1. **Analyse** with torch.fx: trace the model, propagate the clip's shape through the graph, and find every
    ``Conv3d`` call site with its input and output shapes and whether a conv precedes it (the stem reads the
-   clip). A model that fx cannot trace (Python control flow on values, list inputs as in SlowFast) is analysed
-   with forward hooks instead, and the report names the module that stopped the trace.
+   clip). A model that fx cannot trace (Python control flow on values, list inputs as in SlowFast, "same" padding
+   computed from the input's size) or that stores tensors on itself in forward (stream buffers) is analysed with
+   forward hooks instead, and the report says why; the stems are then found by data flow (a conv whose input was
+   computed from the clip with no conv in between), whatever the shape of that input. Every analysis step runs
+   on a throwaway copy: the user's model is never run, traced or changed.
 2. **Decide** per conv with explicit, overridable rules (``only``/``skip`` patterns, stem, cost share, gate
    overhead, which options make sense for its shape and grouping).
 3. **Rewrite**: each chosen call site's module is replaced by a :class:`DynamicConv3d` that shares its weight
@@ -19,6 +22,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -26,6 +30,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from .arch import ArchSpec
 from .checks import number
@@ -92,13 +98,40 @@ class _NamingTracer(fx.Tracer):
             raise
 
 
+# Convolutions end the clip's data flow: a conv reading their output does not read the clip.
+_CONV_FUNCTIONS = {torch.conv1d, torch.conv2d, torch.conv3d, torch.conv_transpose1d, torch.conv_transpose2d,
+                   torch.conv_transpose3d, torch.convolution}
+
+
+def _scratch(model: nn.Module) -> nn.Module:
+    """A throwaway copy of ``model`` in eval mode, to trace or run: the user's model is never touched."""
+    return copy.deepcopy(model).eval()
+
+
+def _stored_proxy(model: nn.Module) -> str | None:
+    """``module.attribute`` where a trace left an fx Proxy on the model (forward assigned a traced value to the
+    module: a stream buffer or cache, which an fx graph would not keep), or None."""
+    for name, module in model.named_modules():
+        for key, value in vars(module).items():
+            items = value.items() if key in ("_parameters", "_buffers") else [(key, value)]
+            for attr, v in items:
+                held = v if isinstance(v, (list, tuple)) else [v]
+                if any(isinstance(e, fx.Proxy) for e in held):
+                    return f"{name}.{attr}" if name else attr
+    return None
+
+
 def _analyse_fx(model: nn.Module, example: torch.Tensor) -> list[ConvSite]:
+    model = _scratch(model)
     tracer = _NamingTracer()
     try:
         graph = tracer.trace(model)
     except Exception as exc:
         where = f"module {tracer.failed_in!r}" if tracer.failed_in else "the top-level forward"
         raise _TraceFailure(f"fx could not trace {where}: {type(exc).__name__}: {_one_line(exc)}") from exc
+    if (stored := _stored_proxy(model)) is not None:
+        raise _TraceFailure(f"fx cannot be used: forward stores tensors on the model ({stored}), which a traced "
+                            "graph would not keep")
     gm = fx.GraphModule(tracer.root, graph)
     ShapeProp(gm).propagate(example)
     sites: dict[str, ConvSite] = {}
@@ -107,7 +140,7 @@ def _analyse_fx(model: nn.Module, example: torch.Tensor) -> list[ConvSite]:
         inputs = node.all_input_nodes
         preceded = any(after_conv[i] for i in inputs)
         is_conv = node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Conv3d)
-        after_conv[node] = preceded or is_conv
+        after_conv[node] = preceded or is_conv or (node.op == "call_function" and node.target in _CONV_FUNCTIONS)
         if not is_conv:
             continue
         site = sites.setdefault(node.target, ConvSite(node.target, model.get_submodule(node.target)))
@@ -117,18 +150,52 @@ def _analyse_fx(model: nn.Module, example: torch.Tensor) -> list[ConvSite]:
     return list(sites.values())
 
 
+class _ClipFlow(TorchFunctionMode):
+    """Follows the clip's data flow through every torch function: a tensor computed from the clip (or from such a
+    tensor) is *raw* unless a convolution made it. Padding, slicing, concatenation or a copy keep it raw, whatever
+    its shape becomes."""
+
+    def __init__(self, clip: torch.Tensor):
+        super().__init__()
+        self._raw: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+        self.mark(clip)
+
+    def mark(self, tensor: torch.Tensor) -> None:
+        self._raw[id(tensor)] = tensor
+
+    def is_raw(self, value: Any) -> bool:
+        return isinstance(value, torch.Tensor) and self._raw.get(id(value)) is value
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in _CONV_FUNCTIONS:
+            return out
+        leaves, _ = tree_flatten((args, kwargs))
+        if any(self.is_raw(v) for v in leaves):
+            for v in tree_flatten(out)[0]:
+                if isinstance(v, torch.Tensor):
+                    self.mark(v)
+            name = getattr(func, "__name__", "")
+            if args and isinstance(args[0], torch.Tensor) and (name == "__setitem__" or name.endswith("_")):
+                self.mark(args[0])  # written in place with the clip's values
+        return out
+
+
 def _analyse_hooks(model: nn.Module, example: torch.Tensor) -> list[ConvSite]:
-    """Fallback: record every Conv3d call with hooks; a conv reading a clip-shaped tensor is a stem."""
+    """Fallback: record every Conv3d call with hooks; a conv whose input derives from the clip with no conv in
+    between (followed by :class:`_ClipFlow`) is a stem."""
+    model = _scratch(model)
     sites: dict[str, ConvSite] = {}
     handles = []
+    flow = _ClipFlow(example)
 
     def hook(name: str):
         def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             site = sites.setdefault(name, ConvSite(name, module))
-            shape = tuple(args[0].shape)
-            site.input_shapes.append(shape)
+            site.input_shapes.append(tuple(args[0].shape))
             site.output_shapes.append(tuple(output.shape))
-            site.is_stem = site.is_stem or (shape[1] == example.shape[1] and shape[3:] == tuple(example.shape[3:]))
+            site.is_stem = site.is_stem or flow.is_raw(args[0])
 
         return record
 
@@ -136,7 +203,7 @@ def _analyse_hooks(model: nn.Module, example: torch.Tensor) -> list[ConvSite]:
         if isinstance(module, nn.Conv3d):
             handles.append(module.register_forward_hook(hook(name)))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), flow:
             model(example)
     finally:
         for h in handles:
@@ -156,7 +223,8 @@ def _one_line(exc: BaseException) -> str:
 def analyse_convs(model: nn.Module, example: torch.Tensor) -> tuple[list[ConvSite], str, str | None]:
     """Find every Conv3d call site with shapes. Returns ``(sites, method, trace_failure)``.
 
-    ``method`` is ``"fx"`` or ``"hooks"``; ``trace_failure`` says why fx could not be used.
+    ``method`` is ``"fx"`` or ``"hooks"``; ``trace_failure`` says why fx could not be used. Both run on throwaway
+    copies of ``model``, which is left as it was.
     """
     try:
         return _analyse_fx(model, example), "fx", None
@@ -395,12 +463,18 @@ def _decide_block(
 
 
 def _find_blocks(model: nn.Module, example: torch.Tensor) -> tuple[list[Any], str | None]:
+    """The model's blocks, found on a throwaway copy; none (with the reason) where fx cannot trace it or where its
+    forward stores tensors on the model (a rewritten module would no longer keep them)."""
     from .blocks import find_blocks
 
+    model = _scratch(model)
     try:
-        return find_blocks(model, example), None
+        sites = find_blocks(model, example)
     except Exception as exc:  # fx fails in many ways; each means "no blocks for this model"
         return [], f"blocks need torch.fx, which could not trace the model ({type(exc).__name__}: {_one_line(exc)})"
+    if (stored := _stored_proxy(model)) is not None:
+        return [], f"blocks need torch.fx, and forward stores tensors on the model ({stored}), which fx would not keep"
+    return sites, None
 
 
 def _place_blocks(adaptive: nn.Module, decisions: list[BlockDecision]) -> None:
@@ -552,8 +626,10 @@ def _example(shape: Sequence[int], like: nn.Module, batch: int = 1) -> torch.Ten
 
 @torch.no_grad()
 def verify_full_path(original: nn.Module, adaptive: nn.Module, example: torch.Tensor) -> float:
-    """Max abs difference between the original and the adaptive model with every gate forced to full."""
-    expected = original(example)
+    """Max abs difference between the original and the adaptive model with every gate forced to full, each run
+    as a throwaway copy (so that neither model's cached state, such as stream buffers, moves)."""
+    expected = _scratch(original)(example)
+    adaptive = _scratch(adaptive)
     with forced_policy(adaptive, (1, 1.0)):
         got = adaptive(example)
     return float((expected - got).abs().max())
@@ -610,52 +686,48 @@ def convert(
     number("min_share", min_flops_share, 0, 1)
     temporal, channel = _validate_space(temporal, channel)
     shape = _parse_input_shape(model, input_shape, arch_spec)
-    was_training = model.training
-    original = model.eval()
+    original = model  # read, never run: every run and trace below is on a throwaway copy
     example = _example(shape, original)
-    try:
-        sites, analysis, trace_failure = analyse_convs(original, example)
-        if not sites:
-            raise VaredError("the model has no Conv3d layer to make adaptive")
-        total_macs, _ = count_macs(original, example, vared_handles=False)
-        block_decisions: list[BlockDecision] = []
-        block_failure = None
-        adaptive = copy.deepcopy(original)
-        if granularity == "block":
-            block_sites, block_failure = _find_blocks(original, example)
-            block_decisions = [
-                _decide_block(b, original, total_macs, temporal, channel, only, skip, min_flops_share,
-                              max_gate_overhead)
-                for b in block_sites if not b.is_stem
-            ]
-            _place_blocks(adaptive, block_decisions)
-        in_blocks = {f"{op}.{sub}" if sub else op for d in block_decisions if d.converted for op in d.ops
-                     for sub, m in original.get_submodule(op).named_modules() if isinstance(m, nn.Conv3d)}
-        decisions = [
-            _decide(site, total_macs, temporal, channel, only, skip, min_flops_share, max_gate_overhead, convert_stem)
-            for site in sites if site.name not in in_blocks
+    sites, analysis, trace_failure = analyse_convs(original, example)
+    if not sites:
+        raise VaredError("the model has no Conv3d layer to make adaptive")
+    total_macs, _ = count_macs(_scratch(original), example, vared_handles=False)
+    block_decisions: list[BlockDecision] = []
+    block_failure = None
+    adaptive = _scratch(original)
+    if granularity == "block":
+        block_sites, block_failure = _find_blocks(original, example)
+        block_decisions = [
+            _decide_block(b, original, total_macs, temporal, channel, only, skip, min_flops_share,
+                          max_gate_overhead)
+            for b in block_sites if not b.is_stem
         ]
-        if only and not any(d.converted for d in decisions) and not in_blocks:
-            raise VaredError(f"--only {' '.join(only)} selects no convertible conv")
-        for d in decisions:
-            if d.converted:
-                conv = adaptive.get_submodule(d.name)
-                replace_module(adaptive, d.name, DynamicConv3d.from_conv(conv, d.options, d.gate_hidden))
-        if time_aware:
-            from .timing import resolve_device
+        _place_blocks(adaptive, block_decisions)
+    in_blocks = {f"{op}.{sub}" if sub else op for d in block_decisions if d.converted for op in d.ops
+                 for sub, m in original.get_submodule(op).named_modules() if isinstance(m, nn.Conv3d)}
+    decisions = [
+        _decide(site, total_macs, temporal, channel, only, skip, min_flops_share, max_gate_overhead, convert_stem)
+        for site in sites if site.name not in in_blocks
+    ]
+    if only and not any(d.converted for d in decisions) and not in_blocks:
+        raise VaredError(f"--only {' '.join(only)} selects no convertible conv")
+    for d in decisions:
+        if d.converted:
+            conv = adaptive.get_submodule(d.name)
+            replace_module(adaptive, d.name, DynamicConv3d.from_conv(conv, d.options, d.gate_hidden))
+    if time_aware:
+        from .timing import resolve_device
 
-            _time_rule(adaptive, original, decisions, min_time_saving, resolve_device(str(time_device)), only)
-        report = ConversionReport(decisions, analysis, trace_failure, total_macs, shape, granularity=granularity,
-                                  blocks=block_decisions, block_failure=block_failure)
-        if verify:
-            report.max_abs_error = verify_full_path(original, adaptive, example)
-            if not report.max_abs_error <= VERIFY_ATOL:
-                raise VaredError(
-                    f"verification failed: the full path differs from the original by {report.max_abs_error:.3g} "
-                    f"(> {VERIFY_ATOL}); please report this model"
-                )
-    finally:
-        model.train(was_training)
+        _time_rule(adaptive, original, decisions, min_time_saving, resolve_device(str(time_device)), only)
+    report = ConversionReport(decisions, analysis, trace_failure, total_macs, shape, granularity=granularity,
+                              blocks=block_decisions, block_failure=block_failure)
+    if verify:
+        report.max_abs_error = verify_full_path(original, adaptive, example)
+        if not report.max_abs_error <= VERIFY_ATOL:
+            raise VaredError(
+                f"verification failed: the full path differs from the original by {report.max_abs_error:.3g} "
+                f"(> {VERIFY_ATOL}); please report this model"
+            )
     recipe = Recipe(
         input_shape=list(shape),
         temporal=temporal,

@@ -20,7 +20,8 @@ from torch import nn
 
 from .nn import AdaptiveBlock, AdaptiveLayer, DynamicConv3d, conv_output_frames
 
-__all__ = ["OptionCost", "CostModel", "LayerCostTable", "count_macs", "conv_macs", "option_costs", "gate_macs", "VARED_HANDLES"]
+__all__ = ["OptionCost", "PolicyCosts", "CostModel", "LayerCostTable", "count_macs", "conv_macs", "option_costs",
+           "gate_macs", "VARED_HANDLES"]
 
 
 def _mean_macs(inputs: list[Any], outputs: list[Any]) -> int:
@@ -183,20 +184,64 @@ def _adaptive_layer_shapes(model: nn.Module, clip: torch.Tensor) -> dict[str, tu
 
 @dataclass
 class LayerCostTable:
-    """An adaptive layer's costs at one clip shape (batch 1): every option's MACs and its gate's."""
+    """An adaptive layer's costs at one clip shape (batch 1): every option's cost and its gate's (MACs in a
+    :class:`CostModel`, milliseconds in a :class:`~vared_convert.latency.LatencyCostModel`)."""
 
     name: str
     layer: AdaptiveLayer
     input_shape: tuple[int, ...]
-    option_macs: list[int]
-    gate_macs: int
+    option_macs: list[int] | list[float]
+    gate_macs: int | float
 
     @property
-    def full_macs(self) -> int:
+    def full_macs(self) -> int | float:
         return self.option_macs[0]
 
 
-class CostModel:
+class PolicyCosts:
+    """A converted model's cost under a policy: a static part plus, for each adaptive layer, the chosen option's
+    cost and its gate's. Subclasses fill ``clip_shape``, ``layers`` (in :func:`~vared_convert.nn.adaptive_layers`
+    order), ``static_macs`` and ``original_macs`` (the original network, the denominator of every ratio) in one
+    unit: multiply-adds (:class:`CostModel`) or milliseconds (:class:`~vared_convert.latency.LatencyCostModel`)."""
+
+    unit = "MACs"
+    clip_shape: tuple[int, ...]
+    layers: list[LayerCostTable]
+    static_macs: int | float
+    original_macs: int | float
+
+    @property
+    def gate_macs(self) -> int | float:
+        return sum(t.gate_macs for t in self.layers)
+
+    def min_macs(self, with_gates: bool = True) -> int | float:
+        """The cheapest the model can be: every adaptive layer in its cheapest option."""
+        return self.static_macs + sum(min(t.option_macs) + (t.gate_macs if with_gates else 0) for t in self.layers)
+
+    def forced_macs(self, options: Sequence[int]) -> int | float:
+        """The model's cost with layer ``i`` forced to option ``options[i]`` (no gates run)."""
+        return self.static_macs + sum(t.option_macs[o] for t, o in zip(self.layers, options))
+
+    def per_sample_macs(self, choices: Sequence[torch.Tensor], with_gates: bool = True) -> torch.Tensor:
+        """Per-video cost of a forward in gate mode, from each layer's decisions (same order as ``layers``)."""
+        total = torch.full((len(choices[0]),), float(self.static_macs), dtype=torch.float64)
+        for table, choice in zip(self.layers, choices):
+            costs = torch.tensor(table.option_macs, dtype=torch.float64)
+            total += costs[choice.cpu()] + (table.gate_macs if with_gates else 0)
+        return total
+
+    def expected_ratio(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Differentiable cost ratio per video from each layer's option weights (N, n_options), gates included."""
+        total = None
+        for table, w in zip(self.layers, weights):
+            costs = torch.tensor(table.option_macs, dtype=w.dtype, device=w.device)
+            layer = w @ costs + table.gate_macs
+            total = layer if total is None else total + layer
+        assert total is not None, "the model has no dynamic conv"
+        return (total + self.static_macs) / self.original_macs
+
+
+class CostModel(PolicyCosts):
     """Costs of a (converted or plain) model at one clip shape, from one fvcore count and the analytic formulas.
 
     ``original_macs`` is fvcore's count of the original network (every gate forced to full; fvcore's default
@@ -224,33 +269,3 @@ class CostModel:
             for name, layer in adaptive_layers(model)
         ]
         self.static_macs = self.original_macs - sum(t.full_macs for t in self.layers)
-
-    @property
-    def gate_macs(self) -> int:
-        return sum(t.gate_macs for t in self.layers)
-
-    def min_macs(self, with_gates: bool = True) -> int:
-        """The cheapest the model can be: every dynamic conv in its cheapest option."""
-        return self.static_macs + sum(min(t.option_macs) + (t.gate_macs if with_gates else 0) for t in self.layers)
-
-    def forced_macs(self, options: Sequence[int]) -> int:
-        """The model's cost with layer ``i`` forced to option ``options[i]`` (no gates run)."""
-        return self.static_macs + sum(t.option_macs[o] for t, o in zip(self.layers, options))
-
-    def per_sample_macs(self, choices: Sequence[torch.Tensor], with_gates: bool = True) -> torch.Tensor:
-        """Per-video cost of a forward in gate mode, from each layer's decisions (same order as ``layers``)."""
-        total = torch.full((len(choices[0]),), float(self.static_macs), dtype=torch.float64)
-        for table, choice in zip(self.layers, choices):
-            costs = torch.tensor(table.option_macs, dtype=torch.float64)
-            total += costs[choice.cpu()] + (table.gate_macs if with_gates else 0)
-        return total
-
-    def expected_ratio(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Differentiable FLOPs ratio per video from each layer's option weights (N, n_options), gates included."""
-        total = None
-        for table, w in zip(self.layers, weights):
-            costs = torch.tensor(table.option_macs, dtype=w.dtype, device=w.device)
-            layer = w @ costs + table.gate_macs
-            total = layer if total is None else total + layer
-        assert total is not None, "the model has no dynamic conv"
-        return (total + self.static_macs) / self.original_macs

@@ -55,7 +55,8 @@ def parse_option(text: str) -> tuple[int, float]:
 
 @dataclass
 class LayerProfile:
-    """One conv's row in the report (MACs per clip at batch 1)."""
+    """One conv's row in the report (MACs per clip at batch 1). ``output_shape`` is ``(C, T, H, W)``, the output
+    of one clip at the full option, for static and adaptive rows alike."""
 
     name: str
     output_shape: tuple[int, ...]
@@ -141,6 +142,7 @@ class ProfileReport:
     option: tuple[int, float] | None = None
     latency: Latency | None = None
     class_histograms: dict[str, dict[str, int]] = field(default_factory=dict)
+    latency_table: Any = None  # a LatencyTable, with `vared profile --latency-table`
 
     @property
     def flops_ratio(self) -> float:
@@ -165,6 +167,8 @@ class ProfileReport:
             data["class_option_counts"] = self.class_histograms
         if self.latency is not None:
             data["latency"] = self.latency.to_dict()
+        if self.latency_table is not None:
+            data["latency_table"] = self.latency_table.to_dict()
         return data
 
 
@@ -183,24 +187,47 @@ def original_network(model: nn.Module) -> nn.Module:
     return original.to(param.device if param is not None else "cpu").eval()
 
 
+def _output_shapes(model: nn.Module, names: Sequence[str], clip_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """Each named module's output shape ``(C, T, H, W)`` for one clip, every gate forced to the full option."""
+    param = next(model.parameters(), None)
+    clip = torch.zeros(1, *clip_shape, device=param.device if param is not None else "cpu")
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for name in names:
+        def record(module: nn.Module, args: tuple, output: torch.Tensor, name: str = name) -> None:
+            shapes.setdefault(name, tuple(int(s) for s in output.shape[1:]))
+
+        handles.append(model.get_submodule(name).register_forward_hook(record))
+    try:
+        with forced_policy(model, (1, 1.0)) if adaptive_layers(model) else contextlib.nullcontext():
+            model(clip)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
 def _conv_rows(model: nn.Module, costs: CostModel) -> tuple[list[LayerProfile], int]:
     """One row per adaptive layer (dynamic conv or block) and per static conv with its original cost; the rest of
     the model's cost."""
     dynamic = {t.name: t for t in costs.layers}
     inside = block_members(model)
-    rows = []
+    picked: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         if name in inside:
             continue
+        if name in dynamic or (isinstance(module, nn.Conv3d) and costs.by_module.get(name)):
+            picked.append((name, module))
+    shapes = _output_shapes(model, [name for name, _ in picked], costs.clip_shape)
+    rows = []
+    for name, module in picked:
         if name in dynamic:
             table = dynamic[name]
-            layer = table.layer
-            out = (layer.out_channels, layer.output_frames(table.input_shape[2]))
-            rows.append(LayerProfile(name, out, table.full_macs, table.full_macs, min(table.option_macs),
+            rows.append(LayerProfile(name, shapes[name], table.full_macs, table.full_macs, min(table.option_macs),
                                      table.gate_macs, dynamic=True))
-        elif isinstance(module, nn.Conv3d) and costs.by_module.get(name):
+        else:
             macs = costs.by_module[name]
-            rows.append(LayerProfile(name, (module.out_channels,), macs, macs, macs))
+            rows.append(LayerProfile(name, shapes[name], macs, macs, macs))
     other = costs.original_macs - sum(r.original_macs for r in rows)
     return rows, other
 

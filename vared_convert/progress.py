@@ -99,9 +99,16 @@ class FinetuneDisplay:
             if self.owns_progress:
                 self.progress.stop()
             self.progress.console.print(class_decision_table(result.last))
+            from .recipe import model_info
+
             best = result.best
+            cost = (model_info(result.model).recipe.extra.get("cost") or {}) if result.config.cost == "latency" else {}
+            ratio = "time ratio (from the latency table)" if cost else "FLOPs ratio"
             if best:
-                self.progress.console.print(f"best epoch {best['epoch']}: top-1 {best['top1']:.1f}, FLOPs ratio "
+                self.progress.console.print(f"best epoch {best['epoch']}: top-1 {best['top1']:.1f}, {ratio} "
                                    f"{best['flops_ratio']:.3f}" + ("" if best["meets_budget"] else " (over budget)"))
+            if cost:
+                self.progress.console.print(escape(f"budgeted in time on {cost['device']}: the policy is for that "
+                                                   f"device (table kept as {cost.get('table_file', '?')})"))
             if result.out:
                 self.progress.console.print(escape(f"wrote {result.out} (run folder {result.run_dir})"))

@@ -22,7 +22,9 @@ class FinetuneConfig:
 
     data: str = ""  # dataset root (any layout the data pipeline reads)
     layout: str = "auto"  # auto, folders, lists, kinetics, ucf101[:N], hmdb51[:N] or ssv2 (checked by the index)
-    target_flops: float = 0.6  # τ: the FLOPs ratio to reach, adaptive over original
+    target_flops: float = 0.6  # τ: the FLOPs ratio to reach, adaptive over original (a time ratio with cost=latency)
+    cost: str = "flops"  # what the target budgets: flops, or latency (the times of latency_table's device)
+    latency_table: str = ""  # with cost=latency: a table from `vared profile MODEL --latency-table OUT`
     epochs: int = 10
     batch_size: int = 8
     workers: int = 2  # DataLoader worker processes per rank
@@ -68,7 +70,8 @@ class FinetuneConfig:
             integer(name, getattr(self, name), 1)
         for name in ("workers", "warmup_epochs", "save_every", "max_steps", "seed"):
             integer(name, getattr(self, name), 0)
-        number("target_flops", self.target_flops, maximum=1, above=0)
+        # a time ratio may exceed 1 where the gates' fixed costs outweigh what their layers save (small networks)
+        number("target_flops", self.target_flops, maximum=2 if self.cost == "latency" else 1, above=0)
         number("lr", self.lr, above=0)
         for name in ("backbone_lr_scale", "weight_decay", "flops_weight", "distill_weight", "budget_slack"):
             number(name, getattr(self, name), 0)
@@ -78,6 +81,13 @@ class FinetuneConfig:
                               ("amp", ("auto", "bf16", "fp16", "off"))):
             if getattr(self, name) not in allowed:
                 raise ArgumentError(flag_name(name), getattr(self, name), f"must be one of {', '.join(allowed)}")
+        if self.cost not in ("flops", "latency"):
+            raise ArgumentError("--cost", self.cost, "must be one of flops, latency")
+        if self.cost == "latency" and not self.latency_table:
+            raise VaredError("--cost latency needs --latency-table PATH (write one with vared profile MODEL "
+                             "--latency-table OUT on the deployment device)")
+        if self.cost == "flops" and self.latency_table:
+            raise VaredError("--latency-table is read only with --cost latency; add --cost latency or drop it")
         if self.warmup_epochs >= self.epochs:
             raise ArgumentError("--warmup-epochs", self.warmup_epochs, f"must be smaller than --epochs ({self.epochs})")
         return self

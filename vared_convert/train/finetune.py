@@ -16,6 +16,7 @@ from torch.utils.data import DistributedSampler
 from ..checkpoint import load_model
 from ..errors import NotConvertedError, OutputError, VaredError
 from ..files import atomic_output, check_output_path
+from ..latency import label_cost
 from ..recipe import model_info
 from .config import FinetuneConfig, load_config
 from .distributed import Runtime, setup_runtime, teardown_runtime
@@ -200,6 +201,7 @@ def finetune(
             with atomic_output(run_dir / "config.yaml", force=True) as tmp:
                 tmp.write_text(yaml.safe_dump({**cfg.to_dict(), "model": str(model_path), "classes": classes},
                                               sort_keys=False))
+        label_cost(model, trainer.costs, run_dir if runtime.is_main else None)  # the device a time budget is for
         try:
             last = trainer.fit()
         except VaredError:

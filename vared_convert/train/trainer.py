@@ -24,6 +24,7 @@ from torch import nn
 from ..checkpoint import save_model
 from ..errors import Terminated, VaredError
 from ..flops import CostModel
+from ..latency import cost_model
 from ..nn import AdaptiveLayer, adaptive_layers, channel_count, forced_policy, recording, set_policy, set_temperature
 from ..recipe import model_info
 from .config import FinetuneConfig
@@ -145,7 +146,7 @@ class Finetuner:
         self.layers = [layer for _, layer in adaptive_layers(self.model)]
         if not self.layers:
             raise VaredError("the model has no adaptive layer: convert it with `vared convert` first")
-        self.costs = CostModel(self.model, clip_shape)
+        self.costs = cost_model(self.model, clip_shape, config.cost, config.latency_table)
         self.kinds = option_kinds(self.model)
         self.kind_index = [_layer_kind_index(layer, self.kinds) for layer in self.layers]
         cheapest = self.costs.min_macs() / self.costs.original_macs
