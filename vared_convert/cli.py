@@ -371,6 +371,9 @@ def finetune(
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (smoke runs). \\[default: no limit]")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Also save last.pth every N steps. \\[default: at epoch ends]")] = None,
     log_every: Annotated[Optional[int], typer.Option(help=f"Steps between metrics lines. {_d('log_every')}")] = None,
+    calibrate: Annotated[Optional[bool], typer.Option("--calibrate/--no-calibrate", help="After training, shift the gates' thresholds so that training clips meet --target-flops. \\[default: calibrate]")] = None,
+    calibrate_clips: Annotated[Optional[int], typer.Option(help=f"Training clips calibration decides on. {_d('calibrate_clips')}")] = None,
+    static_option: Annotated[Optional[str], typer.Option(help="T,C: fix every layer at this option and train only the cheap ops (and the backbone with --train all): a static baseline.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --out file.")] = False,
 ) -> None:
     """Learn the input-dependent policy to a FLOPs target (CPU, one GPU, or many with torchrun)."""
@@ -382,7 +385,8 @@ def finetune(
         stride=stride, size=size, train_clips=train_clips, val_clips=val_clips, layout=layout, train=train, lr=lr, backbone_lr_scale=backbone_lr_scale,
         flops_weight=flops_weight, distill_weight=distill_weight, relaxation=relaxation, tau_start=tau_start, tau_end=tau_end,
         warmup_epochs=warmup_epochs, train_bn=train_bn, reset_head=reset_head, device=device, amp=amp, seed=seed,
-        max_steps=max_steps, save_every=save_every, log_every=log_every,
+        max_steps=max_steps, save_every=save_every, log_every=log_every, calibrate=calibrate,
+        calibrate_clips=calibrate_clips, static_option=static_option,
     ).items() if v is not None}
     from .progress import FinetuneDisplay
 
