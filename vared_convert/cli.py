@@ -596,11 +596,13 @@ def demo(
     table.add_column("adaptive", justify="right")
     table.add_row("top-1 (%)", f"{result.original_top1:.1f}", f"{result.adaptive_top1:.1f}")
     table.add_row("GFLOPs per clip", f"{result.original_gflops:.4f}", f"{result.adaptive_gflops:.4f}")
-    table.add_row("FLOPs ratio", "1.000", f"{result.flops_ratio:.3f}")
+    table.add_row(f"FLOPs ratio (target {result.target_flops:g})", "1.000", f"{result.flops_ratio:.3f}")
     if result.latency:
         table.add_row(f"CPU latency, ms ({result.latency['threads']} threads, batch 1)",
                       f"{result.latency['original_ms']:.2f}", f"{result.latency['adaptive_ms']:.2f}")
     table.add_row("every gate at its cheapest option: top-1 (%)", "", f"{result.cheapest_top1:.1f}")
+    table.add_row(escape(f"best static policy at FLOPs {result.static_flops_ratio:.3f} ({result.static_kind}: "
+                         f"{result.static_detail}): top-1 (%)"), "", f"{result.static_top1:.1f}")
     console.print(table)
     if result.latency and result.latency["time_ratio"] >= 1:
         console.print(f"[yellow]time ratio {result.latency['time_ratio']:.2f} for a FLOPs ratio of "

@@ -152,12 +152,15 @@ class Finetuner:
             from ..profile import check_option, parse_option
 
             self.policy = parse_option(config.static_option)
-            check_option(self.model, self.policy)
+            try:
+                check_option(self.model, self.policy)
+            except VaredError as exc:
+                raise VaredError(str(exc).replace("--option", "--static-option", 1)) from None
         self.costs = CostModel(self.model, clip_shape)
         self.kinds = option_kinds(self.model)
         self.kind_index = [_layer_kind_index(layer, self.kinds) for layer in self.layers]
         cheapest = self.costs.min_macs() / self.costs.original_macs
-        if config.target_flops <= cheapest:
+        if config.target_flops <= cheapest and self.policy is None:
             raise VaredError(
                 f"--target-flops {config.target_flops:g} is at or below the cheapest this model can run "
                 f"({cheapest:.3f} with every gate at its cheapest option); choose a larger target"
