@@ -176,7 +176,7 @@ def run(data: str | None, model_path: str | None, out: Path, b: Budget) -> list[
     common = dict(data=data, epochs=b.epochs, warmup_epochs=b.warmup_epochs, batch_size=b.batch_size,
                   frames=b.frames, stride=b.stride, size=b.size, train_clips=b.train_clips, lr=b.lr,
                   flops_weight=b.flops_weight, tau_end=b.tau_end, relaxation=b.relaxation, seed=b.seed, device="cpu",
-                  workers=b.workers, log_every=50)
+                  workers=b.workers, log_every=10)
     val = {(b.frames, b.stride, b.size): _clips(index, "val", b, b.frames, b.stride, b.size, b.val_clips)}
     train_clips = [batch["clip"] for batch in _clips(index, "train", b, b.frames, b.stride, b.size, 1,
                                                      b.policy_clips)]
@@ -334,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-policy"))
     parser.add_argument("--targets", help="comma-separated FLOPs targets")
     parser.add_argument("--epochs", type=int, help="finetune epochs of every method")
+    parser.add_argument("--train-clips", type=int, help="random clips per training video per epoch")
     parser.add_argument("--quick", action="store_true", help="a tiny run that shows the flow")
     parser.add_argument("--force", action="store_true", help="replace an earlier run of this benchmark in --out")
     args = parser.parse_args(argv)
@@ -343,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         b = replace(b, targets=tuple(float(t) for t in args.targets.split(",")))
     if args.epochs:
         b = replace(b, epochs=args.epochs, warmup_epochs=min(b.warmup_epochs, args.epochs - 1))
+    if args.train_clips:
+        b = replace(b, train_clips=args.train_clips)
     _prepare(args.out, args.force)
     rows = run(args.data, args.model, args.out, b)
     print(table(rows))
