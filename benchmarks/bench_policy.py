@@ -97,11 +97,12 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _prepare(out: Path, force: bool) -> None:
+def _prepare(out: Path, force: bool, keep_runs: bool) -> None:
     if out.exists() and any(out.iterdir()):
-        if not force or not (out / MARKER).exists():
+        if not (force or keep_runs) or not (out / MARKER).exists():
             sys.exit(f"--out {out} is not empty (with --force, only a folder this benchmark wrote is replaced)")
-        shutil.rmtree(out)
+        if not keep_runs:
+            shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by benchmarks/bench_policy.py\n")
 
@@ -162,6 +163,8 @@ def run(data: str | None, model_path: str | None, out: Path, b: Budget) -> list[
     from vared_convert.train.finetune import finetune
 
     started = time.time()
+    if data is None and (out / "data").is_dir() and (out / "converted.pth").exists():
+        data, model_path = str(out / "data"), model_path or str(out / "converted.pth")  # --keep-runs
     if data is None:
         _log(f"writing the synthetic dataset to {out / 'data'}")
         write_synthetic_dataset(out / "data", train_per_class=b.train_per_class, val_per_class=b.val_per_class,
@@ -222,22 +225,32 @@ def run(data: str | None, model_path: str | None, out: Path, b: Budget) -> list[
 
     finetuned: dict[str, Any] = {}
 
+    def trained(name: str, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The model finetuned as ``name`` (an earlier run's, when --keep-runs finds one) and its calibration."""
+        run_dir = out / "runs" / name
+        if not (run_dir / "final.pth").exists():
+            _log(f"finetuning {name}")
+            if run_dir.exists():
+                shutil.rmtree(run_dir)  # an interrupted run of an earlier benchmark
+            result = finetune(model_path, dict(common, **overrides, run_dir=str(run_dir)))
+            calibration = asdict(result.calibration) if result.calibration else {}
+            (run_dir / "calibration.json").write_text(json.dumps(calibration))
+        calibration_file = run_dir / "calibration.json"
+        calibration = json.loads(calibration_file.read_text()) if calibration_file.exists() else {}
+        return load_model(run_dir / "final.pth").to(memory_format=layout), calibration
+
     def static_finetune(name: str, overrides: dict[str, Any]) -> Any:
         if name not in finetuned:
-            _log(f"finetuning {name}")
-            result = finetune(model_path, dict(common, **overrides, run_dir=str(out / "runs" / name)))
-            finetuned[name] = load_model(result.out).to(memory_format=layout)
+            finetuned[name] = trained(name, overrides)[0]
         return finetuned[name]
 
     uniform = alt.uniform_options(converted, shape)
     frames_sizes = alt.input_sizes(converted, shape, b.stride, "frames", b.video_frames)
     crop_sizes = alt.input_sizes(converted, shape, b.stride, "crop")
     for target in b.targets:
-        _log(f"target {target}: finetuning the adaptive model")
-        result = finetune(model_path, dict(common, target_flops=target, run_dir=str(out / "runs" / f"adaptive_{target}")))
-        adaptive = load_model(result.out).to(memory_format=layout)
-        c = result.calibration
-        add(target, "adaptive", f"calibrated λ {c.strength:+.3g}" if c else "not calibrated", adaptive)
+        _log(f"target {target}")
+        adaptive, c = trained(f"adaptive_{target}", dict(target_flops=target))
+        add(target, "adaptive", f"calibrated λ {c['strength']:+.3g}" if c else "not calibrated", adaptive)
         frequent = most_frequent_policy(adaptive, train_clips)
         labels = [option_label(*layer.options[frequent[name]].as_list(), layer.width)
                   for name, layer in adaptive_layers(adaptive)]
@@ -337,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-clips", type=int, help="random clips per training video per epoch")
     parser.add_argument("--quick", action="store_true", help="a tiny run that shows the flow")
     parser.add_argument("--force", action="store_true", help="replace an earlier run of this benchmark in --out")
+    parser.add_argument("--keep-runs", action="store_true", help="continue an earlier run of this benchmark in "
+                                                                 "--out: reuse the finetuned models it finished")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     b = QUICK if args.quick else Budget()
@@ -346,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         b = replace(b, epochs=args.epochs, warmup_epochs=min(b.warmup_epochs, args.epochs - 1))
     if args.train_clips:
         b = replace(b, train_clips=args.train_clips)
-    _prepare(args.out, args.force)
+    _prepare(args.out, args.force, args.keep_runs)
     rows = run(args.data, args.model, args.out, b)
     print(table(rows))
     for line in verdict(rows):

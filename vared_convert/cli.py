@@ -371,9 +371,14 @@ def finetune(
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (smoke runs). \\[default: no limit]")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Also save last.pth every N steps. \\[default: at epoch ends]")] = None,
     log_every: Annotated[Optional[int], typer.Option(help=f"Steps between metrics lines. {_d('log_every')}")] = None,
-    calibrate: Annotated[Optional[bool], typer.Option("--calibrate/--no-calibrate", help="After training, shift the gates' thresholds so that training clips meet --target-flops. \\[default: calibrate]")] = None,
-    calibrate_clips: Annotated[Optional[int], typer.Option(help=f"Training clips calibration decides on. {_d('calibrate_clips')}")] = None,
-    static_option: Annotated[Optional[str], typer.Option(help="T,C: fix every layer at this option and train only the cheap ops (and the backbone with --train all): a static baseline.")] = None,
+    calibrate: Annotated[Optional[bool], typer.Option(
+        "--calibrate/--no-calibrate", help="After training, shift the gates' thresholds so that training clips meet "
+        "--target-flops. \\[default: calibrate]")] = None,
+    calibrate_clips: Annotated[Optional[int], typer.Option(
+        help=f"Training clips calibration decides on. {_d('calibrate_clips')}")] = None,
+    static_option: Annotated[Optional[str], typer.Option(
+        help="T,C: fix every layer at this option and train only the cheap ops (and the backbone with --train "
+        "all): a static baseline.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --out file.")] = False,
 ) -> None:
     """Learn the input-dependent policy to a FLOPs target (CPU, one GPU, or many with torchrun)."""
