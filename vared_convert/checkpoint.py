@@ -179,10 +179,14 @@ def extract_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], str]:
     raise VaredError(f"no weights found: the file holds a {what}, not a state_dict")
 
 
+# Buffers a checkpoint may lack: counters, and the gates' calibration offsets (zero: not calibrated)
+OPTIONAL_KEYS = ("num_batches_tracked", ".gate.logit_offset")
+
+
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch_name: str = "the model") -> None:
     """Load ``state_dict`` strictly, explaining mismatches (first keys and counts) in one line."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    missing = [k for k in own if k not in state_dict and not k.endswith(OPTIONAL_KEYS)]
     unexpected = [k for k in state_dict if k not in own]
     wrong_shape = [k for k in state_dict if k in own and tuple(own[k].shape) != tuple(state_dict[k].shape)]
     problems = []

@@ -413,6 +413,14 @@ def finetune(
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (smoke runs). \\[default: no limit]")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Also save last.pth every N steps. \\[default: at epoch ends]")] = None,
     log_every: Annotated[Optional[int], typer.Option(help=f"Steps between metrics lines. {_d('log_every')}")] = None,
+    calibrate: Annotated[Optional[bool], typer.Option(
+        "--calibrate/--no-calibrate", help="After training, shift the gates' thresholds so that training clips meet "
+        "--target-flops. \\[default: calibrate]")] = None,
+    calibrate_clips: Annotated[Optional[int], typer.Option(
+        help=f"Training clips calibration decides on. {_d('calibrate_clips')}")] = None,
+    static_option: Annotated[Optional[str], typer.Option(
+        help="T,C: fix every layer at this option and train only the cheap ops (and the backbone with --train "
+        "all): a static baseline.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --out file.")] = False,
 ) -> None:
     """Learn the input-dependent policy to a FLOPs target (CPU, one GPU, or many with torchrun)."""
@@ -425,7 +433,8 @@ def finetune(
         flops_weight=flops_weight, distill_weight=distill_weight, relaxation=relaxation, tau_start=tau_start, tau_end=tau_end,
         warmup_epochs=warmup_epochs, train_bn=train_bn, reset_head=reset_head, device=device, amp=amp, seed=seed,
         max_steps=max_steps, save_every=save_every, log_every=log_every, cost=cost,
-        latency_table=str(latency_table) if latency_table else None,
+        latency_table=str(latency_table) if latency_table else None, calibrate=calibrate,
+        calibrate_clips=calibrate_clips, static_option=static_option,
     ).items() if v is not None}
     from .progress import FinetuneDisplay
 
@@ -635,11 +644,13 @@ def demo(
     table.add_column("adaptive", justify="right")
     table.add_row("top-1 (%)", f"{result.original_top1:.1f}", f"{result.adaptive_top1:.1f}")
     table.add_row("GFLOPs per clip", f"{result.original_gflops:.4f}", f"{result.adaptive_gflops:.4f}")
-    table.add_row("FLOPs ratio", "1.000", f"{result.flops_ratio:.3f}")
+    table.add_row(f"FLOPs ratio (target {result.target_flops:g})", "1.000", f"{result.flops_ratio:.3f}")
     if result.latency:
         table.add_row(f"CPU latency, ms ({result.latency['threads']} threads, batch 1)",
                       f"{result.latency['original_ms']:.2f}", f"{result.latency['adaptive_ms']:.2f}")
     table.add_row("every gate at its cheapest option: top-1 (%)", "", f"{result.cheapest_top1:.1f}")
+    table.add_row(escape(f"best static policy at FLOPs {result.static_flops_ratio:.3f} ({result.static_kind}: "
+                         f"{result.static_detail}): top-1 (%)"), "", f"{result.static_top1:.1f}")
     console.print(table)
     if result.latency and result.latency["time_ratio"] >= 1:
         console.print(f"[yellow]time ratio {result.latency['time_ratio']:.2f} for a FLOPs ratio of "

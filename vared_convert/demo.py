@@ -74,6 +74,11 @@ class DemoResult:
     original_gflops: float
     adaptive_gflops: float
     flops_ratio: float
+    target_flops: float
+    static_kind: str  # the best static alternative at the adaptive model's FLOPs (alternatives.best_static)
+    static_detail: str
+    static_top1: float
+    static_flops_ratio: float
     latency: dict[str, Any]
     class_temporal_share: dict[str, float]
     class_option_share: dict[str, dict[str, float]]
@@ -125,6 +130,7 @@ def run_demo(
     ``out`` must be absent or empty; with ``force``, it may also be the folder of an earlier demo run, whose
     outputs (and nothing else in it) are replaced. Both outputs are checked before any work starts.
     """
+    from .alternatives import best_static, static_alternatives
     from .api import convert_checkpoint
     from .baseline import tiny_c3d
     from .checkpoint import load_model, save_torch_file
@@ -197,9 +203,14 @@ def run_demo(
     ), on_event=on_finetune_event)
 
     on_step("5. Evaluate and profile", "measuring the adaptive model on the validation clips: accuracy, FLOPs per "
-                                       "layer, what each class chose, and CPU latency against the original")
+                                       "layer, what each class chose, CPU latency against the original, and the "
+                                       "static policies a user could run instead at the same FLOPs")
     adaptive = load_model(adaptive_path)
     report = evaluate(adaptive, val_batches)
+    # what a user would deploy instead at the same cost, on the same weights (no further training)
+    policy_set = VideoClipDataset.from_index(index, "train", train=False, seed=seed, **clip)
+    train_clips = [b["clip"] for b in make_loader(policy_set, 32, 2, seed=seed) if b.get("clip") is not None]
+    static = best_static(static_alternatives(adaptive, val_batches, train_clips, seed), report.flops_ratio)
     with forced_policy(adaptive, (1, 1.0)):
         full_path_top1 = top1(adaptive, val_batches, torch.device("cpu"))
     with forced_policy(adaptive, (max(adaptive.vared_info.recipe.temporal), min(adaptive.vared_info.recipe.channel))):
@@ -242,6 +253,8 @@ def run_demo(
         out=out, classes=classes, original_top1=original_top1, adaptive_top1=report.clip_top1,
         full_path_top1=full_path_top1, cheapest_top1=cheapest_top1,
         original_gflops=report.original_gflops, adaptive_gflops=report.adaptive_gflops, flops_ratio=report.flops_ratio,
+        target_flops=s.target_flops, static_kind=static.kind, static_detail=static.detail, static_top1=static.top1,
+        static_flops_ratio=static.flops_ratio,
         latency=lat, class_temporal_share={c: v["temporal"] for c, v in shares.items()},
         class_option_share={c: v["options"] for c, v in shares.items()}, files=files, commands=commands,
         seconds=time.time() - started,

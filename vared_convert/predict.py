@@ -18,6 +18,7 @@ from .checks import integer
 from .errors import VaredError
 from .flops import CostModel
 from .nn import adaptive_layers, recording
+from .nn.layer import Policy
 from .recipe import model_info
 
 __all__ = [
@@ -45,20 +46,26 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, clips: torch.Tensor, costs: CostModel | None = None) -> Predictions:
+def predict(model: nn.Module, clips: torch.Tensor, costs: CostModel | None = None,
+            policy: Mapping[str, Policy] | None = None) -> Predictions:
     """Run ``model`` on a batch of clips (N, C, T, H, W), every gate deciding per clip.
 
-    ``costs`` (for the clips' shape) is built when not given; pass one to reuse it across batches.
+    ``costs`` (for the clips' shape) is built when not given; pass one to reuse it across batches. ``policy``
+    decides instead of the gates (which then do not run nor count): per layer name, an option index, or option
+    probabilities that each clip's option is drawn from (a random policy).
     """
-    layers = [layer for _, layer in adaptive_layers(model)]
+    named = adaptive_layers(model)
+    layers = [layer for _, layer in named]
     if not layers:
         raise VaredError("the model has no adaptive convolution; convert it first (vared convert)")
+    if policy is not None and any(name not in policy for name, _ in named):
+        raise VaredError(f"the policy names no option for {sum(name not in policy for name, _ in named)} layers")
     saved = [(layer, layer.policy) for layer in layers]
     was_training = model.training
     model.eval()
     try:
-        for layer in layers:
-            layer.policy = None
+        for name, layer in named:
+            layer.policy = None if policy is None else policy[name]
         costs = costs or CostModel(model, clips.shape[1:])
         with recording(model) as log:
             logits = model(clips)
@@ -67,7 +74,7 @@ def predict(model: nn.Module, clips: torch.Tensor, costs: CostModel | None = Non
         for layer, policy in saved:
             layer.policy = policy
         model.train(was_training)
-    ratio = costs.per_sample_macs(choices) / costs.original_macs
+    ratio = costs.per_sample_macs(choices, with_gates=policy is None) / costs.original_macs
     return Predictions(logits.float().cpu(), ratio.float())
 
 
@@ -97,12 +104,14 @@ def evaluate(
     *,
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
+    policy: Mapping[str, Policy] | None = None,
 ) -> EvalReport:
     """Evaluate ``model`` on batches as :func:`vared_convert.data.collate_clips` makes them.
 
     Each batch holds ``clip`` (N, C, T, H, W), ``label`` (N,) and ``video`` (N,) ids; ``failed`` lists videos
     that could not be decoded (a batch whose every item failed has ``clip`` None). On the CPU the model and
     clips run channels-last (the model is converted in place). ``on_batch(clips_so_far)`` reports progress.
+    ``policy`` decides instead of the gates (see :func:`predict`).
     """
     device = torch.device(device)
     layout = inference_memory_format(device)
@@ -120,7 +129,7 @@ def evaluate(
         clips = batch["clip"].to(device=device, memory_format=layout)
         if costs is None or costs.clip_shape != tuple(clips.shape[1:]):
             costs = CostModel(model, clips.shape[1:])
-        out = predict(model, clips, costs)
+        out = predict(model, clips, costs, policy)
         labels = torch.as_tensor(batch["label"]).cpu()
         correct += int((out.logits.argmax(1) == labels).sum())
         total += len(labels)

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-__all__ = ["FinetuneDisplay", "class_decision_table"]
+__all__ = ["FinetuneDisplay", "calibration_line", "class_decision_table"]
 
 
 def class_decision_table(result: Any, title: str = "Decisions per class (share of layer decisions)") -> Table:
@@ -29,6 +29,14 @@ def class_decision_table(result: Any, title: str = "Decisions per class (share o
         table.add_row(escape(name), top1, f"{100 * result.temporal_share(i):.0f}%",
                       *[f"{100 * n / total:.0f}%" for n in counts])
     return table
+
+
+def calibration_line(calibration: Any, final: Any) -> str:
+    """``FLOPs ratio: target 0.600, reached 0.604 on the validation clips (top-1 95.3) …``: what calibration did."""
+    c = calibration
+    return (f"FLOPs ratio: target {c.target:.3f}, reached {final.flops_ratio:.3f} on the validation clips (top-1 "
+            f"{final.top1:.1f}); calibrated on {c.clips} training clips: {c.before:.3f} → {c.reached:.3f} "
+            f"(λ = {c.strength:+.3g})")
 
 
 class FinetuneDisplay:
@@ -98,7 +106,7 @@ class FinetuneDisplay:
         if result.last is not None and not result.interrupted:
             if self.owns_progress:
                 self.progress.stop()
-            self.progress.console.print(class_decision_table(result.last))
+            self.progress.console.print(class_decision_table(result.final or result.last))
             from .recipe import model_info
 
             best = result.best
@@ -110,5 +118,7 @@ class FinetuneDisplay:
             if cost:
                 self.progress.console.print(escape(f"budgeted in time on {cost['device']}: the policy is for that "
                                                    f"device (table kept as {cost.get('table_file', '?')})"))
+            if result.calibration is not None and result.final is not None:
+                self.progress.console.print(calibration_line(result.calibration, result.final))
             if result.out:
                 self.progress.console.print(escape(f"wrote {result.out} (run folder {result.run_dir})"))

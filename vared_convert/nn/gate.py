@@ -99,11 +99,14 @@ class RunningNorm(nn.BatchNorm1d):
 
 class SoftModulationGate(nn.Module):
     """Clip statistics (mean and temporal change per channel) -> RunningNorm -> Linear(2·C_i, h) -> ReLU ->
-    Linear(h, n_options).
+    Linear(h, n_options) -> + logit offset.
 
     The norm (no affine) puts appearance and motion statistics on one scale; its running statistics are learned
     while the gates train, and only they are used, so each video is decided from itself alone. The last layer starts at zero weight with a bias that favours option 0 (the
     full conv), so a freshly converted model behaves exactly like the original until its gates are trained.
+    The logit offset (a buffer, zero until :func:`~vared_convert.train.calibrate.calibrate_gates` sets it after
+    training) shifts the decision thresholds toward cheaper or dearer options so that the model meets its cost
+    target; it is saved and loaded with the weights.
     """
 
     def __init__(self, in_channels: int, num_options: int, hidden: int | None = None, full_bias: float = 1.0):
@@ -119,10 +122,11 @@ class SoftModulationGate(nn.Module):
             self.fc2.weight.zero_()
             self.fc2.bias.zero_()
             self.fc2.bias[0] = full_bias
+        self.register_buffer("logit_offset", torch.zeros(num_options))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the option logits, shape (N, num_options), for a clip feature map (N, C, T, H, W)."""
-        return self.fc2(F.relu(self.fc1(self.norm(clip_statistics(x)))))
+        return self.fc2(F.relu(self.fc1(self.norm(clip_statistics(x))))) + self.logit_offset
 
     @staticmethod
     def straight_through(logits: torch.Tensor, temperature: float) -> torch.Tensor:

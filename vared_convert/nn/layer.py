@@ -47,7 +47,7 @@ __all__ = [
 
 TRAIN, INFER, TRACE = "train", "infer", "trace"
 EXECUTIONS = (TRAIN, INFER, TRACE)
-Policy = int | str | None
+Policy = int | str | torch.Tensor | None  # a forced option, "random", option probabilities, or None: the gate
 
 
 @dataclass
@@ -181,8 +181,11 @@ class AdaptiveLayer(nn.Module):
             if self._log is not None:
                 self._record(x, torch.full((x.shape[0],), policy, dtype=torch.long, device=x.device), None)
             return self.run_option(x, policy)
-        if policy == "random":
-            choice = torch.randint(self.num_options, (x.shape[0],), device=x.device)
+        if isinstance(policy, torch.Tensor) or policy == "random":
+            if isinstance(policy, torch.Tensor):  # each video's option drawn from these probabilities
+                choice = torch.multinomial(policy.float(), x.shape[0], replacement=True).to(x.device)
+            else:
+                choice = torch.randint(self.num_options, (x.shape[0],), device=x.device)
             self._record(x, choice, None)
             return self._forward_decided(x, choice) if not training else self._forward_chosen(x, choice)
         if policy is not None:

@@ -55,6 +55,9 @@ class FinetuneConfig:
     save_every: int = 0  # steps between last.pth saves (0: at epoch ends and on Ctrl-C only)
     budget_slack: float = 0.05  # best.pth: highest top-1 with FLOPs ratio ≤ target + slack
     max_steps: int = 0  # stop after this many steps in total (0: no limit; for smoke runs)
+    calibrate: bool = True  # after training, shift the gates' thresholds so training clips meet the target
+    calibrate_clips: int = 256  # training clips (deterministic, one per video) that calibration decides on
+    static_option: str = ""  # T,C: every layer fixed at this option, only cheap ops (and backbone) train
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,7 +69,8 @@ class FinetuneConfig:
             value = getattr(self, f.name)
             if f.type in ("int", "float", "bool", "str") and value is not None:
                 setattr(self, f.name, _typed(f.name, value, f.type))
-        for name in ("epochs", "batch_size", "frames", "stride", "size", "train_clips", "val_clips", "log_every"):
+        for name in ("epochs", "batch_size", "frames", "stride", "size", "train_clips", "val_clips", "log_every",
+                     "calibrate_clips"):
             integer(name, getattr(self, name), 1)
         for name in ("workers", "warmup_epochs", "save_every", "max_steps", "seed"):
             integer(name, getattr(self, name), 0)
@@ -88,6 +92,14 @@ class FinetuneConfig:
                              "--latency-table OUT on the deployment device)")
         if self.cost == "flops" and self.latency_table:
             raise VaredError("--latency-table is read only with --cost latency; add --cost latency or drop it")
+        if self.static_option:
+            from ..profile import parse_option
+
+            try:
+                parse_option(self.static_option)
+            except VaredError:
+                raise ArgumentError("--static-option", self.static_option,
+                                    "expected T,C such as 2,0.5 (temporal factor, channel ratio)") from None
         if self.warmup_epochs >= self.epochs:
             raise ArgumentError("--warmup-epochs", self.warmup_epochs, f"must be smaller than --epochs ({self.epochs})")
         return self

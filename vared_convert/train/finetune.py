@@ -13,13 +13,14 @@ import yaml
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from ..checkpoint import load_model
+from ..checkpoint import load_model, read_checkpoint, save_model
 from ..errors import NotConvertedError, OutputError, VaredError
 from ..files import atomic_output, check_output_path
 from ..latency import label_cost
 from ..recipe import model_info
 from .config import FinetuneConfig, load_config
 from .distributed import Runtime, setup_runtime, teardown_runtime
+from .calibrate import Calibration
 from .state import load_training_state
 from .trainer import EventFn, Finetuner, ValidationResult
 
@@ -38,6 +39,8 @@ class FinetuneResult:
     model: nn.Module
     config: FinetuneConfig
     stopped_by: str | None = None  # "SIGINT" or "SIGTERM" when interrupted
+    calibration: Calibration | None = None  # how the gates' thresholds were shifted (None: not calibrated)
+    final: ValidationResult | None = None  # the written model's validation (after calibration)
 
 
 class _SkippingSampler(DistributedSampler):
@@ -109,6 +112,28 @@ def _check_outputs(model_path: str | os.PathLike, run_dir: Path, out: Path | Non
 def _head_size(model: nn.Module, clip_shape: tuple[int, ...], device: torch.device) -> int:
     with torch.no_grad():
         return int(model.eval()(torch.zeros(1, *clip_shape, device=device)).shape[1])
+
+
+def _calibration_clips(index: Any, cfg: FinetuneConfig, common: dict[str, Any], runtime: Runtime
+                       ) -> list[torch.Tensor]:
+    """This process's share of ``cfg.calibrate_clips`` training clips (a seeded choice of videos, one centred clip
+    each, no augmentation), decoded once into batches."""
+    from ..data.dataset import VideoClipDataset, make_loader
+
+    dataset = VideoClipDataset.from_index(index, "train", train=False, clips_per_video=1, **common)
+    sampler = _SkippingSampler(dataset, runtime, shuffle=True, seed=cfg.seed, drop_last=False)
+    wanted = -(-cfg.calibrate_clips // runtime.world_size)
+    batches, count = [], 0
+    for batch in make_loader(dataset, cfg.batch_size, cfg.workers, sampler=sampler, seed=cfg.seed):
+        if count >= wanted:
+            break
+        if batch.get("clip") is None:
+            continue
+        batches.append(batch["clip"][: wanted - count])
+        count += len(batches[-1])
+    if not count:
+        raise VaredError("calibration: none of the training videos could be decoded")
+    return batches
 
 
 def finetune(
@@ -209,13 +234,25 @@ def finetune(
                 shutil.rmtree(run_dir, ignore_errors=True)  # it failed before training anything: leave nothing
             raise
         interrupted = trainer.epoch < cfg.epochs and trainer.step < trainer.total_steps
-        written = None
-        if runtime.is_main and not interrupted and (run_dir / "best.pth").exists():
+        written, calibration, final = None, None, None
+        runtime.barrier()
+        best_path = run_dir / "best.pth"
+        if not interrupted and best_path.exists() and cfg.calibrate and trainer.policy is None:
+            model.load_state_dict(read_checkpoint(best_path)["state_dict"])
+            emit("calibrating", {"target": cfg.target_flops})
+            calibration = trainer.calibrate(_calibration_clips(index, cfg, common, runtime))
+            final = trainer.validate()
+            emit("calibrated", {"calibration": calibration, "result": final})
+            if runtime.is_main:
+                save_model(model, out, force=True, inputs=[model_path])
+                written = out
+        elif runtime.is_main and not interrupted and best_path.exists():
             with atomic_output(out, force=True, inputs=[model_path]) as tmp:
-                shutil.copyfile(run_dir / "best.pth", tmp)
+                shutil.copyfile(best_path, tmp)
             written = out
         runtime.barrier()
-        result = FinetuneResult(run_dir, written, last, trainer.best, interrupted, model, cfg, trainer.stopped_by)
+        result = FinetuneResult(run_dir, written, last, trainer.best, interrupted, model, cfg, trainer.stopped_by,
+                                calibration, final)
         emit("done", {"result": result})
         return result
     finally:

@@ -29,6 +29,7 @@ from ..nn import AdaptiveLayer, adaptive_layers, channel_count, forced_policy, r
 from ..recipe import model_info
 from .config import FinetuneConfig
 from .distributed import Runtime
+from .calibrate import Calibration, calibrate_gates, clear_calibration
 from .losses import Objective
 from .state import load_training_state, restore_rng_state, rng_state, save_training_state
 
@@ -146,11 +147,21 @@ class Finetuner:
         self.layers = [layer for _, layer in adaptive_layers(self.model)]
         if not self.layers:
             raise VaredError("the model has no adaptive layer: convert it with `vared convert` first")
+        clear_calibration(self.model)  # the gates learn their own thresholds; calibration sets new ones after
+        self.policy: tuple[int, float] | None = None  # a static option every layer runs (no gate learns)
+        if config.static_option:
+            from ..profile import check_option, parse_option
+
+            self.policy = parse_option(config.static_option)
+            try:
+                check_option(self.model, self.policy)
+            except VaredError as exc:
+                raise VaredError(str(exc).replace("--option", "--static-option", 1)) from None
         self.costs = cost_model(self.model, clip_shape, config.cost, config.latency_table)
         self.kinds = option_kinds(self.model)
         self.kind_index = [_layer_kind_index(layer, self.kinds) for layer in self.layers]
         cheapest = self.costs.min_macs() / self.costs.original_macs
-        if config.target_flops <= cheapest:
+        if config.target_flops <= cheapest and self.policy is None:
             raise VaredError(
                 f"--target-flops {config.target_flops:g} is at or below the cheapest this model can run "
                 f"({cheapest:.3f} with every gate at its cheapest option); choose a larger target"
@@ -241,7 +252,7 @@ class Finetuner:
         clips = batch["clip"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
         set_temperature(self.model, self.temperature(self.step), self.cfg.relaxation)
-        set_policy(self.model, "random" if warmup else None)
+        set_policy(self.model, "random" if warmup and self.policy is None else self.policy)
         teacher = None
         if self.cfg.distill_weight > 0:
             self.model.eval()
@@ -279,7 +290,7 @@ class Finetuner:
     def validate(self) -> ValidationResult:
         """Adaptive (gates decide) and full-path top-1, mean FLOPs ratio and decisions per class, on every rank."""
         self.model.eval()
-        set_policy(self.model, None)
+        set_policy(self.model, self.policy)
         n_cls, n_kinds = len(self.class_names), len(self.kinds)
         class_counts = torch.zeros(n_cls, n_kinds, dtype=torch.float64)
         per_class = torch.zeros(n_cls, 2, dtype=torch.float64)  # correct, count
@@ -299,7 +310,8 @@ class Finetuner:
                 raise self._diverged(f"the model's outputs became non-finite by the end of epoch {self.epoch + 1}")
             hit = logits.argmax(1) == labels
             totals += torch.tensor([hit.sum().item(), (full_logits.argmax(1) == labels).sum().item(),
-                                    (self.costs.per_sample_macs(choices) / self.costs.original_macs).sum().item(),
+                                    (self.costs.per_sample_macs(choices, with_gates=self.policy is None)
+                                     / self.costs.original_macs).sum().item(),
                                     len(labels)], dtype=torch.float64)
             per_class.index_add_(0, labels, torch.stack([hit.double(), torch.ones(len(labels), dtype=torch.float64)], 1))
             for choice, kind_of in zip(choices, self.kind_index):
@@ -320,6 +332,16 @@ class Finetuner:
             class_names=self.class_names,
             per_class_top1=[100 * c / max(1.0, n) for c, n in per_class.tolist()],
         )
+
+    # ------------------------------------------------------------------ calibration
+    def calibrate(self, clips: list[torch.Tensor]) -> Calibration:
+        """Shift the gates' thresholds so that the mean cost of their decisions on ``clips`` (this process's
+        share of the calibration clips, batched) is the target (see :mod:`~vared_convert.train.calibrate`)."""
+        set_policy(self.model, None)
+        clips = [c.to(self.runtime.device) for c in clips]
+        with self._autocast():
+            return calibrate_gates(self.model, clips, self.costs, self.cfg.target_flops,
+                                   reduce=self.runtime.all_reduce_sum)
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict[str, Any]:
