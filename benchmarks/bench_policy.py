@@ -39,6 +39,8 @@ from typing import Any, Callable
 
 import torch
 
+from vared_convert.demo import FULL as DEMO
+
 MARKER = ".bench-policy"
 
 
@@ -47,23 +49,23 @@ class Budget:
     """The data, model and training budget every method shares."""
 
     targets: tuple[float, ...] = (0.5, 0.55, 0.75)
-    train_per_class: int = 24  # synthetic dataset only
-    val_per_class: int = 24
+    train_per_class: int = DEMO.train_per_class  # synthetic dataset only
+    val_per_class: int = DEMO.val_per_class
     video_frames: int = 32
     video_size: int = 64
-    frames: int = 8
-    stride: int = 2
-    size: int = 56
-    width: int = 16
-    baseline_epochs: int = 12
-    baseline_clips: int = 6
-    epochs: int = 16
-    warmup_epochs: int = 2
-    train_clips: int = 4
-    batch_size: int = 16
-    lr: float = 3e-3
-    flops_weight: float = 100.0
-    tau_end: float = 0.1
+    frames: int = DEMO.frames  # the rest as `vared demo` runs them
+    stride: int = DEMO.stride
+    size: int = DEMO.size
+    width: int = DEMO.width
+    baseline_epochs: int = DEMO.baseline_epochs
+    baseline_clips: int = DEMO.baseline_clips
+    epochs: int = DEMO.finetune_epochs
+    warmup_epochs: int = DEMO.warmup_epochs
+    train_clips: int = DEMO.finetune_clips
+    batch_size: int = DEMO.batch_size
+    lr: float = DEMO.lr
+    flops_weight: float = DEMO.flops_weight
+    tau_end: float = DEMO.tau_end
     relaxation: str = "soft"
     val_clips: int = 2
     policy_clips: int = 256  # training clips the most frequent and random policies are read from
