@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import signal
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -90,13 +89,10 @@ def atomic_output(path: str | os.PathLike, force: bool = False, inputs: Iterable
     A write that fails for lack of space or permission is an :class:`~vared_convert.errors.OutputError`.
     """
     path = check_output_path(path, force, inputs)
-    mask = _block_stop_signals()  # a Ctrl-C or SIGTERM between creating the file and owning it would leave it
-    tmp: Path | None = None
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        _restore_signals(mask)  # a pending signal is raised here, inside the block that removes the file
         try:
             yield tmp
             with open(tmp, "rb+") as fh:
@@ -108,21 +104,4 @@ def atomic_output(path: str | os.PathLike, force: bool = False, inputs: Iterable
                 raise OutputError(f"could not write {path}: {exc.strerror}; nothing was written") from exc
             raise
     finally:
-        _restore_signals(mask)
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-
-
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-def _block_stop_signals() -> set | None:
-    """Hold SIGINT and SIGTERM back (where the platform can); returns the mask to restore."""
-    if not hasattr(signal, "pthread_sigmask"):
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-
-
-def _restore_signals(mask: set | None) -> None:
-    if mask is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        tmp.unlink(missing_ok=True)
