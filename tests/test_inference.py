@@ -96,3 +96,51 @@ def test_mixed_batch_of_a_whole_model_equals_each_video_alone(tiny_adaptive, lay
     assert any(len(set(row.tolist())) > 1 for row in choices), "the gates should split the batch somewhere"
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
     model.to(memory_format=torch.contiguous_format)
+
+
+def _read_as_channels_last(t: torch.Tensor) -> bool:
+    """Whether PyTorch's kernels read ``t`` as channels-last: ATen's stride rule behind ``suggest_memory_format``
+    (strides rising C, W, H, T, N; a size-1 dimension still ranked). ``is_contiguous(channels_last_3d)``
+    ignores size-1 dimensions and so cannot tell; kernels such as ``max_pool3d`` that go by this rule copy a
+    tensor it rejects to NCDHW and return NCDHW."""
+    smallest = 0
+    for dim in (1, 4, 3, 2, 0):
+        if t.stride(dim) < smallest or (dim == 0 and smallest == t.stride(1)):
+            return False
+        smallest = t.stride(dim) * max(t.shape[dim], 1)
+    return True
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN")
+@pytest.mark.parametrize("granularity", ["conv", "block"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_channels_last_stays_channels_last_at_every_option(granularity, batch):
+    """A channels-last clip keeps a channels-last layout through every layer at every option, at batch 1 too
+    (where a rebuilt output once got a batch stride that made the next pool copy its whole input to NCDHW)."""
+    from models_for_tests import tiny_res
+    from vared_convert.nn import set_policy
+    from vared_convert.nn.kernels import set_conv_kernel
+
+    for build in (tiny, tiny_res):
+        torch.manual_seed(0)
+        model = convert(build(), (3, 8, 32, 32), granularity=granularity).model.eval()
+        model = set_conv_kernel(model.to(memory_format=CHANNELS_LAST), "onednn")
+        layer = adaptive_layers(model)[0][1]
+        for option in {(o.temporal, o.channels / layer.width) for o in layer.options}:
+            set_policy(model, (option[0], option[1]))
+            odd = []
+
+            def check(module, inputs, output, name):
+                if isinstance(output, torch.Tensor) and output.dim() == 5 and output.shape[1] > 1 \
+                        and output.shape[2:].numel() > 1:  # a pooled (N, C, 1, 1, 1) map has no layout
+                    if not _read_as_channels_last(output):
+                        odd.append((name, tuple(output.shape), output.stride()))
+
+            hooks = [m.register_forward_hook(lambda m, i, o, n=n: check(m, i, o, n)) for n, m in model.named_modules()]
+            try:
+                with torch.no_grad():
+                    model(torch.randn(batch, 3, 8, 32, 32).contiguous(memory_format=CHANNELS_LAST))
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            assert not odd, (build.__name__, option, odd[:3])

@@ -152,10 +152,15 @@ class FrameRebuild(nn.Module):
         n, _, t, h, w = blocks[0].shape
         c = sum(block.shape[1] for block in blocks)
         factor, layout = self.factor, memory_format_of(blocks[0])
+        # the output is allocated with the layout's own strides and the phases are views of it: a view made the
+        # other way round gives a batch of one an odd batch stride, and kernels that read the layout from the
+        # strides (max_pool3d) then copy the whole map to NCDHW
+        full = torch.empty((n, c, t * factor, h, w), dtype=blocks[0].dtype, device=blocks[0].device,
+                           memory_format=layout)
         if layout == torch.channels_last_3d:
-            phases = blocks[0].new_empty((n, t, factor, h, w, c)).permute(0, 5, 1, 2, 3, 4)
+            phases = full.permute(0, 2, 3, 4, 1).view(n, t, factor, h, w, c).permute(0, 5, 1, 2, 3, 4)
         else:
-            phases = blocks[0].new_empty((n, c, t, factor, h, w))
+            phases = full.view(n, c, t, factor, h, w)
         computed, start = phases[:, :, :, 0], 0  # phase 0: the computed frames, block by block
         for block in blocks:
             computed[:, start : start + block.shape[1]] = block
@@ -167,7 +172,6 @@ class FrameRebuild(nn.Module):
             torch.mul(computed, here, out=phase)
             phase[:, :, :-1].addcmul_(computed[:, :, 1:], after)
             phase[:, :, -1:].addcmul_(computed[:, :, -1:], after)  # clamped: the last frame is its own next
-        full = phases.flatten(2, 3)
         return full if frames == t * factor else full[:, :, :frames].contiguous(memory_format=layout)
 
     def extra_repr(self) -> str:
