@@ -75,8 +75,8 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
 def _load_converted(path: str | os.PathLike, arch: str | None = None) -> nn.Module:
     """The converted model at ``path``; a plain checkpoint (or a model without a recipe) names `vared convert`."""
     not_converted = VaredError(
-        f"{path} is not a converted vared model; convert it first: vared convert {path} --arch ARCH "
-        f"--out {Path(path).stem}_vared.pth"
+        f"{path} is not a converted vared model; convert it first: vared convert {path} "
+        f"--out {Path(path).stem}_vared.pth (add --arch module.path:factory for a network of your own)"
     )
     try:
         model = load_model(path, arch)
