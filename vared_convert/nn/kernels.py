@@ -99,35 +99,34 @@ def set_conv_kernel(model: nn.Module, kernel: str) -> nn.Module:
     Convs that run ``nn.Conv3d``'s own forward switch class (no parameter or key changes); adaptive layers switch
     the kernel their inference path calls. Returns ``model``.
     """
-    from .layer import AdaptiveLayer
-
     kernel = resolve_kernel(kernel)
     if kernel == "onednn" and not onednn_available():
         raise ValueError("this PyTorch build has no oneDNN; use the aten conv kernel")
-    for module in model.modules():
-        if isinstance(module, AdaptiveLayer):
+    for module, plain in _kernel_targets(model):
+        if plain is None:
             module.conv_kernel = kernel
-        elif (plain := _plain_class(module)) is not None:
+        else:
             module.__class__ = _onednn_class(plain) if kernel == "onednn" else plain
     return model
 
 
-def _kernel_of(model: nn.Module) -> list[tuple[nn.Module, Any]]:
+def _kernel_targets(model: nn.Module) -> Iterator[tuple[nn.Module, type | None]]:
+    """The modules whose conv kernel can be chosen: an adaptive layer with ``None``, a plain conv with its class
+    without a kernel choice."""
     from .layer import AdaptiveLayer
 
-    saved: list[tuple[nn.Module, Any]] = []
     for module in model.modules():
         if isinstance(module, AdaptiveLayer):
-            saved.append((module, module.conv_kernel))
-        elif _plain_class(module) is not None:
-            saved.append((module, type(module)))
-    return saved
+            yield module, None
+        elif (plain := _plain_class(module)) is not None:
+            yield module, plain
 
 
 @contextlib.contextmanager
 def conv_kernel(model: nn.Module, kernel: str) -> Iterator[nn.Module]:
     """:func:`set_conv_kernel` for the duration of a ``with`` block, restoring each module's kernel after."""
-    saved = _kernel_of(model)
+    saved = [(module, module.conv_kernel if plain is None else type(module))
+             for module, plain in _kernel_targets(model)]
     set_conv_kernel(model, kernel)
     try:
         yield model
