@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models_for_tests import tiny
+from models_for_tests import tiny, tiny_res
 from test_dynamic_conv import CONV_KINDS, OPTIONS_16, make
 from vared_convert.convert import convert
 from vared_convert.flops import count_macs, option_costs
-from vared_convert.nn import INFER, FrameRebuild, adaptive_layers, decide
+from vared_convert.nn import INFER, FrameRebuild, adaptive_layers, decide, set_policy
+from vared_convert.nn.kernels import set_conv_kernel
 
 CHANNELS_LAST = torch.channels_last_3d
 
@@ -117,17 +118,13 @@ def _read_as_channels_last(t: torch.Tensor) -> bool:
 def test_channels_last_stays_channels_last_at_every_option(granularity, batch):
     """A channels-last clip keeps a channels-last layout through every layer at every option, at batch 1 too
     (where a rebuilt output once got a batch stride that made the next pool copy its whole input to NCDHW)."""
-    from models_for_tests import tiny_res
-    from vared_convert.nn import set_policy
-    from vared_convert.nn.kernels import set_conv_kernel
-
     for build in (tiny, tiny_res):
         torch.manual_seed(0)
         model = convert(build(), (3, 8, 32, 32), granularity=granularity).model.eval()
         model = set_conv_kernel(model.to(memory_format=CHANNELS_LAST), "onednn")
         layer = adaptive_layers(model)[0][1]
         for option in {(o.temporal, o.channels / layer.width) for o in layer.options}:
-            set_policy(model, (option[0], option[1]))
+            set_policy(model, option)
             odd = []
 
             def check(module, inputs, output, name):
