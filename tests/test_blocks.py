@@ -274,3 +274,60 @@ def ort_session_from(model_proto):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+class _DepthwiseStem(nn.Module):
+    """X3D's stem: a spatial conv on the clip, then a depthwise temporal conv, BatchNorm and ReLU (a chain block
+    whose first conv is depthwise)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_t = nn.Conv3d(3, 16, (1, 3, 3), (1, 2, 2), (0, 1, 1), bias=False)
+        self.conv_xy = nn.Conv3d(16, 16, (5, 1, 1), padding=(2, 0, 0), groups=16, bias=False)
+        self.norm = nn.BatchNorm3d(16)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.norm(self.conv_xy(self.conv_t(x))))
+
+
+class _WithDepthwiseStem(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = _DepthwiseStem()
+        self.conv2 = nn.Conv3d(16, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x):
+        return self.fc(self.conv2(self.stem(x)).mean(dim=(2, 3, 4)))
+
+
+def test_chain_block_starting_with_a_depthwise_conv_shrinks_it_to_the_option():
+    """A depthwise conv's first k outputs read only its first k inputs: at a channel option the chain computes k
+    channels (not all of them, with k more rebuilt on top), each the exact slice, at the analytic cost."""
+    torch.manual_seed(0)
+    original = _WithDepthwiseStem().eval()
+    with torch.no_grad():
+        original.stem.norm.running_mean.normal_()
+        original.stem.norm.running_var.uniform_(0.5, 2.0)
+    model = convert(original, SHAPE, min_flops_share=0, only=["stem.conv_xy"]).model.eval()
+    (name, block), = adaptive_layers(model)
+    assert isinstance(block, AdaptiveBlock) and block.kind == "chain", name
+    x = torch.randn(2, 16, 8, 16, 16)
+    with torch.no_grad():
+        full = block.computed_part(x, 0)
+        for o, option in enumerate(block.options):
+            part = block.computed_part(x, o)
+            assert part.shape[1] == option.channels
+            torch.testing.assert_close(part, full[:, : option.channels, :: option.temporal], rtol=1e-5, atol=1e-6)
+            assert block.run_option(x, o).shape == full.shape
+            block.policy = o
+            counter = FlopCounterMode(display=False)
+            with counter:
+                block(x)
+            assert counter.get_total_flops() / 2 == option_costs(block, x.shape)[o].conv + \
+                option_costs(block, x.shape)[o].channel_rebuild, option
+    block.policy = None
+    clip = torch.randn(1, *SHAPE)
+    with torch.no_grad(), forced_policy(model, (1, 1.0)):
+        torch.testing.assert_close(model(clip), original(clip), rtol=0, atol=1e-5)

@@ -185,8 +185,9 @@ class AdaptiveBlock(AdaptiveLayer):
             kind = op_kind(m)
             if kind == "conv":
                 last = m is convs[-1] and self.kind == "residual"
-                if _depthwise(m):
-                    out = width
+                if _depthwise(m):  # its first k outputs read only its first k inputs
+                    out = channel_count(ratio, m.out_channels) if m is convs[0] else width
+                    width = out
                 elif last:
                     out = m.out_channels
                 else:
@@ -221,6 +222,8 @@ class AdaptiveBlock(AdaptiveLayer):
     def _conv(self, x: torch.Tensor, step: tuple, conv3d: Conv3dFunction, cached: bool) -> torch.Tensor:
         _, i, out, width, stride, groups = step
         m = self._ops[i]
+        if x.shape[1] > width:  # a depthwise first conv at a channel option: its first ``width`` inputs only
+            x = x[:, :width]
         weight, bias = m.weight, m.bias
         if out < m.out_channels:
             bias = bias[:out] if bias is not None else None
