@@ -10,7 +10,7 @@ from torch import nn
 from test_dynamic_conv import CONV_KINDS, OPTIONS_16
 from vared_convert.flops import conv_macs, count_macs, gate_macs, option_costs
 from vared_convert.nn import DynamicConv3d
-from vared_convert.nn.gate import clip_statistics, grid_cells, motion_cell
+from vared_convert.nn.gate import clip_statistics, grid_cells, motion_cell, sample_step
 
 EXTRA_KINDS = {
     # (2+1)D factorised pair, as in r2plus1d: a spatial conv then a temporal one
@@ -59,12 +59,15 @@ def test_costs_fall_with_each_option():
         assert cost <= full * (k / 16 / factor + 0.1)
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 6, 12, 12), (1, 4, 3, 7, 9), (2, 8, 1, 5, 5)])
+@pytest.mark.parametrize("shape", [(2, 8, 6, 12, 12), (1, 4, 3, 7, 9), (2, 8, 1, 5, 5), (2, 8, 3, 40, 36)])
 def test_gate_statistics_do_not_depend_on_the_memory_layout(shape):
     x = torch.randn(shape)
     channels_last = x.contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(clip_statistics(channels_last), clip_statistics(x))
-    expected = F.avg_pool3d(x, motion_cell(*shape[3:]))
+    step = sample_step(*shape[3:])  # 2 for the 40×36 map: every other row and column
+    assert step == (2 if shape[3] == 40 else 1)
+    sampled = x[..., ::step, ::step]
+    expected = F.avg_pool3d(sampled, motion_cell(*sampled.shape[3:]))
     torch.testing.assert_close(grid_cells(channels_last), expected)
     # exports pool with a reshape and a mean (ONNX AveragePool is slow in ONNX Runtime): the same cells
     compiled = torch.compile(grid_cells, backend="eager", fullgraph=True)
@@ -75,3 +78,12 @@ def test_gate_is_cheap_against_its_conv():
     conv = nn.Conv3d(64, 64, 3, padding=1)
     dyn = DynamicConv3d.from_conv(conv, [(1, 64), (1, 32), (2, 32)])
     assert gate_macs(dyn, (1, 64, 8, 28, 28)) < 0.01 * conv_macs(conv, (1, 64, 8, 28, 28))
+
+
+def test_gate_cost_counts_the_sampled_pixels_it_reads():
+    conv = _conv("3x3x3")
+    dyn = DynamicConv3d.from_conv(conv, [(1, 16), (1, 8), (2, 8)]).eval()
+    x = torch.randn(1, 16, 4, 40, 36)  # sampled every other row and column: the gate pools 20×18 pixels per frame
+    for clip in (x, x.contiguous(memory_format=torch.channels_last_3d)):
+        assert count_macs(dyn.gate, clip)[0] == gate_macs(dyn, x.shape)
+    assert gate_macs(dyn, x.shape) == gate_macs(dyn, (1, 16, 4, 20, 18))  # what it reads of 40×36, no more

@@ -522,7 +522,7 @@ def _time_rule(
         layer.to(device).eval()  # in place: moved back below
 
         def adaptive_call() -> None:
-            layer.gate(x)
+            layer.gate.infer(x)  # as eager inference runs it
             layer.run_option(x, cheapest)
 
         def full_call() -> None:

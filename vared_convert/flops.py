@@ -157,13 +157,14 @@ def block_option_costs(block: AdaptiveBlock, input_shape: Sequence[int]) -> list
 
 
 def gate_macs(layer: AdaptiveLayer, input_shape: Sequence[int]) -> int:
-    """Analytic cost of a layer's gate: its clip statistics (the grid pooling: one add per pooled input element;
-    on the grid, the mean: one per cell, and frame differences with their mean: two per difference), the
-    normalisation (one per statistic, as fvcore counts an inference BatchNorm) and its two linears."""
-    from .nn.gate import motion_cell
+    """Analytic cost of a layer's gate: its clip statistics (the grid pooling: one add per sampled input element
+    it pools; on the grid, the mean: one per cell, and frame differences with their mean: two per difference),
+    the normalisation (one per statistic, as fvcore counts an inference BatchNorm) and its two linears."""
+    from .nn.gate import motion_cell, sampled_size
 
     gate = layer.gate
     n, c, t, h, w = (int(s) for s in input_shape)
+    h, w = sampled_size(h, w)
     _, kh, kw = motion_cell(h, w)
     cells = (h // kh) * (w // kw)
     statistics = n * c * t * cells * kh * kw + n * c * t * cells

@@ -336,8 +336,9 @@ def _layer_inputs(net: nn.Module, clip: torch.Tensor) -> dict[str, torch.Tensor]
 
 
 def _decide(layer: nn.Module, x: torch.Tensor) -> list[int]:
-    """A gate's decision as inference makes it: logits, argmax, and the host sync that reads the choice."""
-    return layer.gate(x).argmax(dim=1).tolist()
+    """A gate's decision as inference makes it: logits by the gate's inference route, argmax, and the host sync
+    that reads the choice."""
+    return layer.gate.infer(x).argmax(dim=1).tolist()
 
 
 def measure_latency_table(

@@ -9,7 +9,7 @@ from torch import nn
 from .rebuild import memory_format_of
 
 __all__ = ["MOTION_GRID", "SoftModulationGate", "RunningNorm", "default_gate_hidden", "clip_statistics", "grid_cells",
-           "motion_cell"]
+           "motion_cell", "sample_step", "sampled_size"]
 
 
 def default_gate_hidden(in_channels: int) -> int:
@@ -18,34 +18,56 @@ def default_gate_hidden(in_channels: int) -> int:
 
 
 MOTION_GRID = 4  # motion is measured on a MOTION_GRID × MOTION_GRID grid of cells
+CELL_SAMPLES = 4  # a cell is read on about CELL_SAMPLES × CELL_SAMPLES pixels once the map is large enough
+
+
+def sample_step(height: int, width: int) -> int:
+    """The gate reads every ``step``-th row and column of its input: 1 up to maps of 31 pixels, 3 at 56, 7 at 112,
+    so that each grid cell keeps about CELL_SAMPLES × CELL_SAMPLES pixels and a gate's read of a large map costs
+    a few percent of the map instead of all of it (a cell's mean over a regular sample of its pixels)."""
+    return max(1, min(height, width) // (MOTION_GRID * CELL_SAMPLES))
 
 
 def motion_cell(height: int, width: int) -> tuple[int, int, int]:
-    """The pooling window of one grid cell: the map split into MOTION_GRID × MOTION_GRID cells (edge remainder
-    dropped), one frame deep."""
+    """The pooling window of one grid cell on a ``height`` × ``width`` map already sampled by
+    :func:`sample_step`: the map split into MOTION_GRID × MOTION_GRID cells (edge remainder dropped), one frame
+    deep."""
     return 1, max(1, height // MOTION_GRID), max(1, width // MOTION_GRID)
 
 
+def sampled_size(height: int, width: int) -> tuple[int, int]:
+    """The map's size after the gate's sampling (every :func:`sample_step`-th row and column)."""
+    step = sample_step(height, width)
+    return -(-height // step), -(-width // step)
+
+
 def grid_cells(x: torch.Tensor) -> torch.Tensor:
-    """The feature map averaged over each cell of the motion grid, frame by frame: (N, C, T, rows, columns).
+    """The feature map sampled every :func:`sample_step`-th row and column, then averaged over each cell of the
+    motion grid, frame by frame: (N, C, T, rows, columns).
 
     Pooling windows rather than adaptive pooling, so that the graph exports to ONNX. A channels-last map is
-    pooled frame by frame as 2-D channels-last images (a view, no copy): PyTorch's 3-D pooling on that layout
-    is 10-40× slower than its 2-D one, and it made the gates cost more than the convs they steer. Exports take a
-    reshape and a mean instead: ONNX's ``AveragePool`` from opset 19 on runs 4× slower in ONNX Runtime than a
-    ``ReduceMean`` of the same cells (9.5 against 2.0 ms on a 64×16×56×56 map), which made the gates a fifth of
-    an exported model's time at its cheapest option.
+    sampled and pooled frame by frame as 2-D channels-last images: PyTorch's 3-D pooling on that layout is
+    10-40× slower than its 2-D one, and 2-D pooling of a strided view is itself slow, so the sample is copied
+    into a small dense image first (on i3d_r50's 256×8×56×56 maps: 0.12 ms against 1.4 ms for the whole map).
+    Exports take a reshape and a mean instead: ONNX's ``AveragePool`` from opset 19 on runs 4× slower in ONNX
+    Runtime than a ``ReduceMean`` of the same cells (9.5 against 2.0 ms on a 64×16×56×56 map).
     """
-    window = motion_cell(x.shape[3], x.shape[4])
+    step = sample_step(x.shape[3], x.shape[4])
     if torch.compiler.is_compiling():
+        x = x[..., ::step, ::step] if step > 1 else x
+        window = motion_cell(x.shape[3], x.shape[4])
         rows, columns = x.shape[3] // window[1], x.shape[4] // window[2]
         cells = x[..., : rows * window[1], : columns * window[2]]
         return cells.unflatten(4, (columns, window[2])).unflatten(3, (rows, window[1])).mean(dim=(4, 6))
     if memory_format_of(x) == torch.channels_last_3d:
         n, c, t, h, w = x.shape
-        cells = F.avg_pool2d(x.transpose(1, 2).reshape(n * t, c, h, w), window[1:])
+        frames = x.transpose(1, 2).reshape(n * t, c, h, w)  # a view: channels-last images, one per frame
+        if step > 1:
+            frames = frames[..., ::step, ::step].contiguous(memory_format=torch.channels_last)
+        cells = F.avg_pool2d(frames, motion_cell(*frames.shape[2:])[1:])
         return cells.reshape(n, t, c, *cells.shape[2:]).transpose(1, 2)
-    return F.avg_pool3d(x, window)
+    x = x[..., ::step, ::step] if step > 1 else x
+    return F.avg_pool3d(x, motion_cell(x.shape[3], x.shape[4]))
 
 
 def clip_statistics(x: torch.Tensor) -> torch.Tensor:
@@ -127,6 +149,45 @@ class SoftModulationGate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the option logits, shape (N, num_options), for a clip feature map (N, C, T, H, W)."""
         return self.fc2(F.relu(self.fc1(self.norm(clip_statistics(x))))) + self.logit_offset
+
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward`'s logits by the eager inference route (no autograd): the norm and the statistics'
+        averaging folded into the first linear, the logit offset into the last bias (made once per version of the
+        weights and per grid size), so the statistics are two sums over the pooled grid and a gate costs about
+        ten small ops instead of twice that."""
+        cells = grid_cells(x).flatten(3).permute(0, 2, 3, 1)  # (N, T, cells, C): a view of the pooled grid
+        frames, count = cells.shape[1], cells.shape[2]
+        w_appearance, w_motion, b1, w2, b2 = self._folded(frames, count)
+        hidden = torch.addmm(b1, cells.sum(dim=(1, 2)), w_appearance)
+        if frames > 1:
+            hidden.addmm_((cells[:, 1:] - cells[:, :-1]).abs_().sum(dim=(1, 2)), w_motion)
+        return torch.addmm(b2, hidden.relu_(), w2)
+
+    def _folded(self, frames: int, cells: int) -> tuple[torch.Tensor, ...]:
+        """``(W1ᵀ for the appearance sums, W1ᵀ for the motion sums, b1, W2ᵀ, b2)`` with the norm, the means' divisors
+        and the logit offset folded in, for a grid of ``frames`` × ``cells``; kept until a source changes."""
+        sources = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.norm.running_mean,
+                   self.norm.running_var, self.logit_offset)
+        stamp = (frames, cells, *((t.data_ptr(), t._version, t.dtype, t.device) for t in sources))
+        cached = self.__dict__.get("_folded_cache")
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        scale = torch.rsqrt(self.norm.running_var + self.norm.eps)
+        w1 = self.fc1.weight.detach() * scale
+        b1 = self.fc1.bias.detach() - w1 @ self.norm.running_mean
+        c = self.in_channels
+        w_appearance = (w1[:, :c] / (frames * cells)).t().contiguous()
+        w_motion = (w1[:, c:] / max(1, (frames - 1) * cells)).t().contiguous()
+        folded = (w_appearance, w_motion, b1, self.fc2.weight.detach().t().contiguous(),
+                  self.fc2.bias.detach() + self.logit_offset)
+        self.__dict__["_folded_cache"] = (stamp, folded)
+        return folded
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_folded_cache", None)
+        return state
 
     @staticmethod
     def straight_through(logits: torch.Tensor, temperature: float) -> torch.Tensor:

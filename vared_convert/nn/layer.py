@@ -190,7 +190,7 @@ class AdaptiveLayer(nn.Module):
             return self._forward_decided(x, choice) if not training else self._forward_chosen(x, choice)
         if policy is not None:
             raise ValueError(f"unknown policy {policy!r}")
-        logits = self.gate(x)
+        logits = self.gate.infer(x) if self.execution == INFER else self.gate(x)
         if not training:
             choice = logits.argmax(dim=1)
             self._record(x, choice, None)
