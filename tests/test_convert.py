@@ -235,11 +235,22 @@ class _CheapAndDearConvs(nn.Module):
         return self.dear(self.down(self.pointwise(self.stem(x))))
 
 
+def test_a_conv_whose_rebuild_costs_what_it_skips_stays_static():
+    """The pointwise 4→4 conv does 4 multiply-adds per output; rebuilding the channels and frames its cheapest
+    option skips costs more, so no option of it could save anything."""
+    report = convert(_CheapAndDearConvs(), (3, 16, 96, 96), granularity="conv", min_flops_share=0,
+                     max_gate_overhead=1.0).report
+    decisions = {d.name: d for d in report.layers}
+    assert decisions["dear"].converted and not decisions["pointwise"].converted
+    assert "its cheapest option would save" in decisions["pointwise"].reason
+
+
 def test_time_aware_rule_keeps_static_what_would_not_save_time():
     model = _CheapAndDearConvs()
-    plain = convert(model, (3, 16, 96, 96), granularity="conv", min_flops_share=0, max_gate_overhead=1.0)
+    rules = dict(granularity="conv", min_flops_share=0, max_gate_overhead=1.0, min_option_saving=-10.0)
+    plain = convert(model, (3, 16, 96, 96), **rules)
     assert {"pointwise", "dear"} <= {d.name for d in plain.report.converted}
-    timed = convert(model, (3, 16, 96, 96), granularity="conv", min_flops_share=0, max_gate_overhead=1.0, time_aware=True)
+    timed = convert(model, (3, 16, 96, 96), **rules, time_aware=True)
     decisions = {d.name: d for d in timed.report.layers}
     assert decisions["dear"].converted
     assert not decisions["pointwise"].converted and "no time to save" in decisions["pointwise"].reason

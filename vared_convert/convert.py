@@ -60,6 +60,7 @@ DEFAULT_TEMPORAL: tuple[int, ...] = (1, 2)
 DEFAULT_CHANNEL: tuple[float, ...] = (1.0, 0.5, 0.25)
 DEFAULT_MIN_SHARE = 0.002  # a conv under 0.2% of the model's FLOPs is not worth a gate
 DEFAULT_MAX_GATE_OVERHEAD = 0.05  # nor one whose gate would cost more than 5% of the conv itself
+DEFAULT_MIN_OPTION_SAVING = 0.5  # nor one whose cheapest option, gate and rebuild included, saves under half
 DEFAULT_MIN_TIME_SAVING = 0.1  # time-aware rule: the cheapest option, gate included, must save 10% of the conv's time
 VERIFY_ATOL = 1e-5
 GRANULARITIES = ("block", "conv")
@@ -348,6 +349,7 @@ def _decide(
     min_share: float,
     max_gate_overhead: float,
     convert_stem: bool,
+    min_option_saving: float = DEFAULT_MIN_OPTION_SAVING,
 ) -> LayerDecision:
     conv = site.conv
     macs = sum(conv_macs(conv, shape) for shape in site.input_shapes)
@@ -387,12 +389,24 @@ def _decide(
     hidden = default_gate_hidden(conv.in_channels)
     probe = DynamicConv3d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                           conv.dilation, conv.groups, conv.bias is not None, options, hidden)
-    overhead = sum(gate_macs(probe, shape) for shape in site.input_shapes) / max(macs, 1)
+    gate = sum(gate_macs(probe, shape) for shape in site.input_shapes)
+    overhead = gate / max(macs, 1)
     if overhead > max_gate_overhead and not chosen:
         return static(f"gate would cost {100 * overhead:.1f}% of the conv (> {100 * max_gate_overhead:.2g}%)")
+    cheapest = sum(min(c.total for c in option_costs(probe, shape)) for shape in site.input_shapes)
+    if (saving := _saving(cheapest + gate, macs)) < min_option_saving and not chosen:
+        return static(f"its cheapest option would save {100 * saving:.0f}% of the conv, gate and rebuild included "
+                      f"(< {100 * min_option_saving:.0f}%)")
     decision.options = [o.as_list() for o in options]
     decision.gate_hidden = hidden
     return decision
+
+
+def _saving(cheapest: int, full: int) -> float:
+    """The share of a layer's multiply-adds its cheapest option saves (the cheapest option's ``cheapest`` MACs
+    include its rebuild and the gate): a cheap conv on a large map (a depthwise conv, a 1×1×1 conv of a few
+    channels) saves little once φ_s and φ_t rebuild what it skipped."""
+    return 1.0 - cheapest / max(full, 1)
 
 
 def _block_options(ops: Sequence[nn.Module], kind: str, out_frames: int, temporal: Sequence[int],
@@ -422,6 +436,7 @@ def _decide_block(
     skip: Sequence[str],
     min_share: float,
     max_gate_overhead: float,
+    min_option_saving: float = DEFAULT_MIN_OPTION_SAVING,
 ) -> BlockDecision:
     from .flops import block_option_costs
 
@@ -454,9 +469,13 @@ def _decide_block(
         return per_conv(f"too cheap (under {100 * min_share:.2g}% of the model's FLOPs)")
     if len(options) == 1:
         return per_conv("no cheaper option (one output frame, grouped convs)")
-    overhead = gate_macs(probe, site.input_shape) / max(decision.macs, 1)
+    gate = gate_macs(probe, site.input_shape)
+    overhead = gate / max(decision.macs, 1)
     if overhead > max_gate_overhead and not chosen:
         return per_conv(f"gate would cost {100 * overhead:.1f}% of the block (> {100 * max_gate_overhead:.2g}%)")
+    if (saving := _saving(min(c.total for c in costs) + gate, decision.macs)) < min_option_saving and not chosen:
+        return per_conv(f"its cheapest option would save {100 * saving:.0f}% of the block, gate and rebuild "
+                        f"included (< {100 * min_option_saving:.0f}%)")
     decision.options = [o.as_list() for o in options]
     decision.gate_hidden = probe.gate.hidden
     return decision
@@ -647,6 +666,7 @@ def convert(
     skip: Sequence[str] = (),
     min_flops_share: float = DEFAULT_MIN_SHARE,
     max_gate_overhead: float = DEFAULT_MAX_GATE_OVERHEAD,
+    min_option_saving: float = DEFAULT_MIN_OPTION_SAVING,
     convert_stem: bool = False,
     class_names: Sequence[str] | None = None,
     verify: bool = True,
@@ -667,7 +687,10 @@ def convert(
         only, skip: fnmatch patterns (or module prefixes) choosing which convs to convert; ``only`` also
             overrides the stem and cost rules for the convs it names.
         min_flops_share: convs below this share of the model's FLOPs stay static.
-        max_gate_overhead: convs whose gate would cost more than this fraction of the conv stay static.
+        max_gate_overhead: convs whose gate would cost more than this fraction of the conv stay static (blocks
+            fall back to per-conv).
+        min_option_saving: so do those whose cheapest option, gate and rebuild included, saves less than this
+            fraction of their multiply-adds (a cheap conv on a large map, whose rebuild costs what it skips).
         convert_stem: also convert convs that read the input clip.
         class_names: what the model's outputs mean, stored with it.
         verify: check that the full path reproduces the original (raises if it does not).
@@ -700,14 +723,15 @@ def convert(
         block_sites, block_failure = _find_blocks(original, example)
         block_decisions = [
             _decide_block(b, original, total_macs, temporal, channel, only, skip, min_flops_share,
-                          max_gate_overhead)
+                          max_gate_overhead, min_option_saving)
             for b in block_sites if not b.is_stem
         ]
         _place_blocks(adaptive, block_decisions)
     in_blocks = {f"{op}.{sub}" if sub else op for d in block_decisions if d.converted for op in d.ops
                  for sub, m in original.get_submodule(op).named_modules() if isinstance(m, nn.Conv3d)}
     decisions = [
-        _decide(site, total_macs, temporal, channel, only, skip, min_flops_share, max_gate_overhead, convert_stem)
+        _decide(site, total_macs, temporal, channel, only, skip, min_flops_share, max_gate_overhead, convert_stem,
+                min_option_saving)
         for site in sites if site.name not in in_blocks
     ]
     if only and not any(d.converted for d in decisions) and not in_blocks:
