@@ -21,10 +21,12 @@ of the FLOPs saving realised in time, ``(1 - time_ratio) / (1 - flops_ratio)``.
   back in (costly on VMs), a fixed cost per layer that hits both models and hides savings.
 
 Random weights (speed does not depend on them); timings interleave original and adaptive round by round and
-report medians, so background load hits both alike. ``--quick`` runs small clips for a smoke test.
+report medians (``--statistic fastest``: the fastest round), so background load hits both alike. ``--quick`` runs
+small clips for a smoke test.
 
     python benchmarks/bench_speed.py [--quick] [--json] [--models r3d_18,x3d_m] [--backends eager,onnxruntime]
         [--batches 1,8] [--threads N] [--lowering none,frames] [--malloc retain|system] [--conv-kernel aten,onednn]
+        [--statistic median|fastest]
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def flops_ratios(costs: CostModel, options: list) -> dict[tuple[int, float], tup
 
 
 def bench_eager(name, granularity, original, adaptive, costs, options, shape, batch, device, dtype, layout,
-                repeats, kernel="aten") -> list[Row]:
+                repeats, kernel="aten", statistic="median") -> list[Row]:
     clip = torch.randn(batch, *shape).to(device=device, dtype=dtype).contiguous(memory_format=layout)
     conv3d = onednn_conv3d if kernel == "onednn" else F.conv3d
 
@@ -140,8 +142,9 @@ def bench_eager(name, granularity, original, adaptive, costs, options, shape, ba
     ideal_known = len(convs) == len(costs.layers)
     for table in convs if ideal_known else []:
         fns[table.name] = full_conv(table.layer, table.input_shape)
-    timings = measure_interleaved(fns, device, warmup=2, repeats=repeats)
-    base = timings["original"].median_ms
+    measured = measure_interleaved(fns, device, warmup=2, repeats=repeats)
+    timings = {key: t.median_ms if statistic == "median" else t.min_ms for key, t in measured.items()}
+    base = timings["original"]
     ratios = flops_ratios(costs, options)
     rows = []
     for option in options:
@@ -149,9 +152,9 @@ def bench_eager(name, granularity, original, adaptive, costs, options, shape, ba
         for table in convs if ideal_known else []:  # each conv's time scaled by its own FLOPs under the option
             conv = option_costs(table.layer, table.input_shape)
             scale = conv[option_index(table.layer, *option)].conv / conv[0].conv
-            ideal -= timings[table.name].median_ms * (1 - scale)
+            ideal -= timings[table.name] * (1 - scale)
         rows.append(Row(name, "×".join(map(str, shape)), granularity, f"eager {device.type} {kernel}", batch,
-                        f"{option[0]},{option[1]:g}", base, timings[option].median_ms, ratios[option][0], ideal))
+                        f"{option[0]},{option[1]:g}", base, timings[option], ratios[option][0], ideal))
     return rows
 
 
@@ -165,7 +168,7 @@ def _session(path: Path | bytes, threads: int):
                                 providers=["CPUExecutionProvider"])
 
 
-def _time_sessions(sessions: dict, clip, repeats: int) -> dict[str, float]:
+def _time_sessions(sessions: dict, clip, repeats: int, statistic: str = "median") -> dict[str, float]:
     feeds = {key: {s.get_inputs()[0].name: clip} for key, s in sessions.items()}
     for key, s in sessions.items():
         for _ in range(2):
@@ -176,7 +179,8 @@ def _time_sessions(sessions: dict, clip, repeats: int) -> dict[str, float]:
             start = time.perf_counter()
             s.run(None, feeds[key])
             times[key].append((time.perf_counter() - start) * 1000)
-    return {key: statistics.median(t) for key, t in times.items()}
+    pick = statistics.median if statistic == "median" else min
+    return {key: pick(t) for key, t in times.items()}
 
 
 def _pin_initializers(onnx_model, adaptive: torch.nn.Module, option: tuple[int, float]):
@@ -196,7 +200,7 @@ def _pin_initializers(onnx_model, adaptive: torch.nn.Module, option: tuple[int, 
 
 
 def bench_onnx(name, granularity, original, adaptive, options, shape, batch, ratios, repeats, folder: Path,
-               lowering: str) -> list[Row]:
+               lowering: str, statistic: str = "median") -> list[Row]:
     import onnx
 
     threads = torch.get_num_threads()
@@ -230,9 +234,9 @@ def bench_onnx(name, granularity, original, adaptive, options, shape, batch, rat
         kind, flops = f"ort static {lowering}", {o: ratios[o][1] for o in options}
     if check is not None and check > 1e-3:
         raise RuntimeError(f"pinned ONNX model differs from PyTorch by {check:.3g}")
-    medians = _time_sessions(sessions, clip, repeats)
-    return [Row(name, "×".join(map(str, shape)), granularity, kind, batch, f"{o[0]},{o[1]:g}", medians["original"],
-                medians[o], flops[o]) for o in options]
+    times = _time_sessions(sessions, clip, repeats, statistic)
+    return [Row(name, "×".join(map(str, shape)), granularity, kind, batch, f"{o[0]},{o[1]:g}", times["original"],
+                times[o], flops[o]) for o in options]
 
 
 def export_plain(original: torch.nn.Module, shape: tuple[int, ...], path: Path) -> None:
@@ -301,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="eager memory layout (auto: channels-last on the CPU)")
     parser.add_argument("--conv-kernel", default="auto", help="eager 3-D conv kernel for both models, "
                         "comma-separated: aten (PyTorch's choice), onednn (always oneDNN), auto (onednn on the CPU)")
+    parser.add_argument("--statistic", default="median", choices=["median", "fastest"],
+                        help="each model's time over the interleaved rounds: the median, or the fastest round "
+                        "(background load only adds time, and unevenly to short calls)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="eager dtype")
     parser.add_argument("--lowering", default="frames", help="ONNX conv lowering, comma-separated: "
                         + ", ".join(LOWERINGS) + " (the original is exported with the same one)")
@@ -348,13 +355,13 @@ def main(argv: list[str] | None = None) -> int:
                     if "eager" in backends:
                         for kernel in kernels:
                             rows += bench_eager(name, granularity, original, adaptive, costs, options, shape, batch,
-                                                device, dtype, layout, repeats, kernel)
+                                                device, dtype, layout, repeats, kernel, args.statistic)
                             print(f"# {name} {granularity} eager ({kernel} convs) batch {batch} done", file=sys.stderr,
                                   flush=True)
                     for lowering in lowerings if "onnxruntime" in backends else []:
                         try:
                             rows += bench_onnx(name, granularity, original, adaptive, options, shape, batch, ratios,
-                                               repeats, Path(tmp), lowering)
+                                               repeats, Path(tmp), lowering, args.statistic)
                         except Exception as exc:  # e.g. the original network itself does not export
                             print(f"# {name} {granularity} onnxruntime ({lowering}) batch {batch} FAILED: "
                                   f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}", file=sys.stderr)
