@@ -30,7 +30,7 @@ from torch import nn
 from .dynamic_conv import ConvOption, channel_count, conv_output_frames
 from .gate import SoftModulationGate, default_gate_hidden
 from .layer import AdaptiveLayer
-from .rebuild import ChannelRebuild, FrameRebuild, memory_format_of
+from .rebuild import ChannelRebuild, FrameRebuild, memory_format_of, tensor_stamp
 
 __all__ = ["AdaptiveBlock", "BLOCK_KINDS", "op_kind", "block_problem", "keeps_frames", "shrinks_channels"]
 
@@ -211,7 +211,7 @@ class AdaptiveBlock(AdaptiveLayer):
     # ------------------------------------------------------------------ running one option
     def _sliced(self, key: tuple, source: torch.Tensor, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``make(source)`` as a dense tensor, made once per version of ``source`` and kept."""
-        stamp = (source.data_ptr(), source._version, source.dtype, source.device)
+        stamp = tensor_stamp(source)
         entry = self._cache.get(key)
         if entry is not None and entry[0] == stamp:
             return entry[1]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rebuild import memory_format_of
+from .rebuild import memory_format_of, tensor_stamp
 
 __all__ = ["MOTION_GRID", "SoftModulationGate", "RunningNorm", "default_gate_hidden", "clip_statistics", "grid_cells",
            "motion_cell", "sample_step", "sampled_size"]
@@ -169,7 +169,7 @@ class SoftModulationGate(nn.Module):
         and the logit offset folded in, for a grid of ``frames`` × ``cells``; kept until a source changes."""
         sources = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.norm.running_mean,
                    self.norm.running_var, self.logit_offset)
-        stamp = (frames, cells, *((t.data_ptr(), t._version, t.dtype, t.device) for t in sources))
+        stamp = (frames, cells, *map(tensor_stamp, sources))
         cached = self.__dict__.get("_folded_cache")
         if cached is not None and cached[0] == stamp:
             return cached[1]

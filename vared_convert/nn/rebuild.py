@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ChannelRebuild", "FrameRebuild", "gather_channels", "ghost_sources", "memory_format_of"]
+__all__ = ["ChannelRebuild", "FrameRebuild", "gather_channels", "ghost_sources", "memory_format_of", "tensor_stamp"]
 
 
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
@@ -30,6 +30,13 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
         return torch.channels_last_3d
     return torch.contiguous_format
+
+
+def tensor_stamp(t: torch.Tensor) -> tuple:
+    """What identifies a tensor's current values: its storage, its version counter (bumped by every in-place
+    write), dtype and device. A value derived from it and kept (a weight slice, a folded gate) is stale once the
+    stamp changes."""
+    return t.data_ptr(), t._version, t.dtype, t.device
 
 
 def gather_channels(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
