@@ -118,7 +118,7 @@ def main() -> None:
         config = dict(data=str(data), target_flops=target, epochs=args.epochs or s.finetune_epochs,
                       warmup_epochs=s.warmup_epochs, batch_size=s.batch_size, frames=s.frames, stride=s.stride,
                       size=s.size, train_clips=s.finetune_clips, lr=s.lr, flops_weight=s.flops_weight,
-                      tau_end=s.tau_end, relaxation="soft", run_dir=str(run_dir),
+                      tau_end=s.tau_end, relaxation=s.relaxation, run_dir=str(run_dir),
                       seed=0, device="cpu", log_every=5, cost=cost,
                       latency_table=str(table_path) if cost == "latency" else "")
         if not (run_dir / "final.pth").exists():

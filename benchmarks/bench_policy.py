@@ -6,6 +6,8 @@ for each FLOPs target:
 * ``adaptive``: ``vared finetune --target-flops τ`` (calibrated after training);
 * ``most frequent``: each layer's most frequent decision of that adaptive model over the training clips, as a
   static policy (``vared export --static-policy --data``), on the adaptive model's weights;
+* ``searched``: every per-layer static policy within ±0.03 of the adaptive model's FLOPs tried on the training
+  clips, the most accurate kept (an exhaustive search, for models of few layers), on the adaptive model's weights;
 * ``random``: each clip's option drawn, layer by layer, from the adaptive model's decision frequencies on the
   training clips (the same mean cost, blind to the input), on the adaptive model's weights;
 * ``uniform``: the search-space option whose FLOPs are nearest τ at every layer, its cheap ops finetuned the same
@@ -66,7 +68,7 @@ class Budget:
     lr: float = DEMO.lr
     flops_weight: float = DEMO.flops_weight
     tau_end: float = DEMO.tau_end
-    relaxation: str = "soft"
+    relaxation: str = DEMO.relaxation
     val_clips: int = 2
     policy_clips: int = 256  # training clips the most frequent and random policies are read from
     timing_clips: int = 16
@@ -158,10 +160,10 @@ def run(data: str | None, model_path: str | None, out: Path, b: Budget) -> list[
     from vared_convert.checkpoint import load_model
     from vared_convert.data.layouts import index_dataset
     from vared_convert.data.synthetic import write_synthetic_dataset
-    from vared_convert.export import most_frequent_policy
+    from vared_convert.export import most_frequent_policy, policy_labels
     from vared_convert.nn import adaptive_layers
     from vared_convert.predict import evaluate
-    from vared_convert.profile import option_label, original_network
+    from vared_convert.profile import original_network
     from vared_convert.train.finetune import finetune
 
     started = time.time()
@@ -183,8 +185,8 @@ def run(data: str | None, model_path: str | None, out: Path, b: Budget) -> list[
                   flops_weight=b.flops_weight, tau_end=b.tau_end, relaxation=b.relaxation, seed=b.seed, device="cpu",
                   workers=b.workers, log_every=10)
     val = {(b.frames, b.stride, b.size): _clips(index, "val", b, b.frames, b.stride, b.size, b.val_clips)}
-    train_clips = [batch["clip"] for batch in _clips(index, "train", b, b.frames, b.stride, b.size, 1,
-                                                     b.policy_clips)]
+    train_batches = _clips(index, "train", b, b.frames, b.stride, b.size, 1, b.policy_clips)
+    train_clips = [batch["clip"] for batch in train_batches]
     reference_macs = alt.original_macs(converted, shape)
     timed: dict[str, Callable[[], None]] = {}
     rows: list[Row] = []
@@ -252,12 +254,13 @@ def run(data: str | None, model_path: str | None, out: Path, b: Budget) -> list[
     for target in b.targets:
         _log(f"target {target}")
         adaptive, c = trained(f"adaptive_{target}", dict(target_flops=target))
-        add(target, "adaptive", f"calibrated λ {c['strength']:+.3g}" if c else "not calibrated", adaptive)
+        adaptive_row = add(target, "adaptive", f"calibrated λ {c['strength']:+.3g}" if c else "not calibrated", adaptive)
         frequent = most_frequent_policy(adaptive, train_clips)
-        labels = [option_label(*layer.options[frequent[name]].as_list(), layer.width)
-                  for name, layer in adaptive_layers(adaptive)]
-        add(target, "most frequent", " ".join(labels), adaptive, frequent)
+        add(target, "most frequent", " ".join(policy_labels(adaptive, frequent).values()), adaptive, frequent)
         add(target, "random", "adaptive's frequencies", adaptive, alt.decision_frequencies(adaptive, train_clips))
+        searched = alt.searched_policy(adaptive, train_batches, adaptive_row.flops_ratio)
+        if searched is not None:
+            add(target, "searched", " ".join(policy_labels(adaptive, searched).values()), adaptive, searched)
         option, _ = alt.nearest(uniform.items(), target, ratio=lambda item: item[1])
         label = f"{option[0]},{option[1]:g}"
         model = static_finetune(f"uniform_{label}", dict(static_option=label, target_flops=target))
@@ -324,7 +327,8 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = {"adaptive": ("o", "-"), "most frequent": ("s", ""), "random": ("x", ""), "uniform": ("^", ""),
+    markers = {"adaptive": ("o", "-"), "most frequent": ("s", ""), "searched": ("P", ""), "random": ("x", ""),
+               "uniform": ("^", ""),
                "fewer frames": ("v", ""), "smaller crop": ("D", "")}
     for method, (marker, line) in markers.items():
         points = sorted({(r.flops_ratio, r.clip_top1) for r in rows if r.method == method})

@@ -1,6 +1,8 @@
 """The static alternatives to an adaptive model at the same cost: what a user would otherwise deploy.
 
 * a **uniform** static option: every layer at one option of the search space (``--static-option T,C``);
+* the **searched** per-layer policy: every combination of each layer's options within a FLOPs band, the one most
+  accurate on labelled training clips (what a user could pick by trying static policies on their own data);
 * the **most frequent** decision of each layer over some clips (:func:`~vared_convert.export.most_frequent_policy`,
   what ``vared export --static-policy --data`` writes);
 * a **random** policy with the adaptive model's mean cost: each clip's option in each layer drawn from that
@@ -12,6 +14,8 @@ Each alternative's FLOPs ratio is against the original network on the reference 
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +27,7 @@ from .nn import adaptive_layers, option_index, recording
 from .recipe import model_info
 
 __all__ = ["InputSize", "StaticResult", "best_static", "decision_frequencies", "full_policy", "input_sizes",
-           "nearest", "original_macs", "static_alternatives", "uniform_options", "uniform_policy"]
+           "nearest", "original_macs", "searched_policy", "static_alternatives", "uniform_options", "uniform_policy"]
 
 
 def original_macs(model: nn.Module, clip_shape: Sequence[int]) -> int:
@@ -120,6 +124,32 @@ def decision_frequencies(model: nn.Module, clips: Iterable[torch.Tensor]) -> dic
     return {name: c / c.sum().clamp(min=1) for name, c in counts.items()}
 
 
+def searched_policy(model: nn.Module, batches: Sequence[Mapping], flops_ratio: float, tolerance: float = 0.03,
+                    max_policies: int = 4096) -> dict[str, int] | None:
+    """The static per-layer policy most accurate on ``batches`` (labelled clips, e.g. training clips) among every
+    combination of the layers' options whose FLOPs ratio lies within ``tolerance`` of ``flops_ratio``; ties go to
+    the cheaper one. ``None`` when no combination lies in the band, or when there are more than ``max_policies``
+    combinations to try (the search is exhaustive)."""
+    from .predict import evaluate
+
+    layers = adaptive_layers(model)
+    if not layers or math.prod(layer.num_options for _, layer in layers) > max_policies:
+        return None
+    costs = CostModel(model, next(iter(batches))["clip"].shape[1:])
+    candidates = []
+    for options in itertools.product(*(range(layer.num_options) for _, layer in layers)):
+        ratio = costs.forced_macs(options) / costs.original_macs
+        if abs(ratio - flops_ratio) <= tolerance:
+            candidates.append((ratio, options))
+    best: tuple[float, float, dict[str, int]] | None = None
+    for ratio, options in sorted(candidates):
+        policy = {name: o for (name, _), o in zip(layers, options)}
+        top1 = evaluate(model, batches, policy=policy).clip_top1
+        if best is None or top1 > best[0]:
+            best = (top1, ratio, policy)
+    return None if best is None else best[2]
+
+
 def uniform_policy(model: nn.Module, option: tuple[int, float]) -> dict[str, int]:
     """Every layer's index of ``option`` (a policy for :func:`~vared_convert.predict.evaluate`)."""
     return {name: option_index(layer, *option) for name, layer in adaptive_layers(model)}
@@ -135,17 +165,18 @@ def full_policy(model: nn.Module) -> Mapping[str, int]:
 class StaticResult:
     """One static alternative evaluated: its kind, what it runs, its top-1 (clip level) and FLOPs ratio."""
 
-    kind: str  # "most frequent", "random" or "uniform"
+    kind: str  # "searched", "most frequent", "random" or "uniform"
     detail: str
     top1: float
     flops_ratio: float
 
 
-def static_alternatives(model: nn.Module, val_batches: Sequence[Mapping], train_clips: Sequence[torch.Tensor],
+def static_alternatives(model: nn.Module, val_batches: Sequence[Mapping], train_batches: Sequence[Mapping],
                         seed: int = 0) -> list[StaticResult]:
-    """The static alternatives that run on the adaptive model's own weights, evaluated on ``val_batches``: each
-    layer's most frequent decision over ``train_clips``, a random policy with those clips' decision frequencies,
-    and the uniform option nearest the model's mean FLOPs (its cheap ops as the adaptive model trained them)."""
+    """The static alternatives that run on the adaptive model's own weights, evaluated on ``val_batches``: the
+    per-layer policy searched on ``train_batches`` (labelled clips) within ±0.03 of the model's mean FLOPs, each
+    layer's most frequent decision over those clips, a random policy with their decision frequencies, and the
+    uniform option nearest the model's mean FLOPs (its cheap ops as the adaptive model trained them)."""
     from .export import most_frequent_policy, policy_labels
     from .predict import evaluate
 
@@ -157,6 +188,10 @@ def static_alternatives(model: nn.Module, val_batches: Sequence[Mapping], train_
         results.append(StaticResult(kind, detail, report.clip_top1, report.flops_ratio))
 
     adaptive = evaluate(model, val_batches)
+    train_clips = [batch["clip"] for batch in train_batches]
+    searched = searched_policy(model, train_batches, adaptive.flops_ratio)
+    if searched is not None:
+        run("searched", " ".join(policy_labels(model, searched).values()), searched)
     frequent = most_frequent_policy(model, train_clips)
     run("most frequent", " ".join(policy_labels(model, frequent).values()), frequent)
     run("random", "the gates' decision frequencies", decision_frequencies(model, train_clips))

@@ -50,7 +50,8 @@ class DemoSettings:
     batch_size: int = 16
     lr: float = 3e-3
     flops_weight: float = 100.0
-    tau_end: float = 0.1  # anneal the Gumbel temperature far, so the soft mixture ends close to one option
+    tau_end: float = 0.1
+    relaxation: str = "hard"  # vared finetune --relaxation: straight-through learns the still/moving split, soft does not
     export_dynamic: bool = True
     granularity: str = "block"  # vared convert --granularity
 
@@ -198,7 +199,7 @@ def run_demo(
     finetune(converted_path, dict(
         data=str(data), target_flops=s.target_flops, epochs=s.finetune_epochs, warmup_epochs=s.warmup_epochs,
         batch_size=s.batch_size, frames=s.frames, stride=s.stride, size=s.size, train_clips=s.finetune_clips,
-        lr=s.lr, flops_weight=s.flops_weight, tau_end=s.tau_end, relaxation="soft", run_dir=str(run_dir),
+        lr=s.lr, flops_weight=s.flops_weight, tau_end=s.tau_end, relaxation=s.relaxation, run_dir=str(run_dir),
         out=str(adaptive_path), seed=seed, device="cpu", log_every=5,
     ), on_event=on_finetune_event)
 
@@ -209,8 +210,8 @@ def run_demo(
     report = evaluate(adaptive, val_batches)
     # what a user would deploy instead at the same cost, on the same weights (no further training)
     policy_set = VideoClipDataset.from_index(index, "train", train=False, seed=seed, **clip)
-    train_clips = [b["clip"] for b in make_loader(policy_set, 32, 2, seed=seed) if b.get("clip") is not None]
-    static = best_static(static_alternatives(adaptive, val_batches, train_clips, seed), report.flops_ratio)
+    train_batches = [b for b in make_loader(policy_set, 32, 2, seed=seed) if b.get("clip") is not None]
+    static = best_static(static_alternatives(adaptive, val_batches, train_batches, seed), report.flops_ratio)
     with forced_policy(adaptive, (1, 1.0)):
         full_path_top1 = top1(adaptive, val_batches, torch.device("cpu"))
     with forced_policy(adaptive, (max(adaptive.vared_info.recipe.temporal), min(adaptive.vared_info.recipe.channel))):
@@ -243,7 +244,7 @@ def run_demo(
         f"vared finetune {converted_path} --data {data} --target-flops {s.target_flops} --epochs {s.finetune_epochs} "
         f"--warmup-epochs {s.warmup_epochs} --frames {s.frames} --stride {s.stride} --size {s.size} "
         f"--batch-size {s.batch_size} --train-clips {s.finetune_clips} --lr {s.lr} --flops-weight {s.flops_weight} "
-        f"--tau-end {s.tau_end} --relaxation soft --out {adaptive_path}",
+        f"--tau-end {s.tau_end} --relaxation {s.relaxation} --out {adaptive_path}",
         f"vared evaluate {adaptive_path} --data {data} --stride {s.stride}",
         f"vared profile {adaptive_path} --latency --plot {out / 'savings.png'}",
         f"vared export {adaptive_path} --onnx {out / 'adaptive.onnx'}",

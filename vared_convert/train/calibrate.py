@@ -73,10 +73,11 @@ def mean_cost_ratio(model: nn.Module, clips: Sequence[torch.Tensor], costs: Any,
 
 
 def calibrate_gates(model: nn.Module, clips: Sequence[torch.Tensor], costs: Any, target: float, *,
-                    tolerance: float = 0.004, max_steps: int = 30, reduce: Reduce | None = None) -> Calibration:
+                    tolerance: float = 0.01, max_steps: int = 30, reduce: Reduce | None = None) -> Calibration:
     """Find ``λ`` so that the mean cost ratio over ``clips`` (batches, on the model's device) is ``target``
     within ``tolerance``, and leave the gates set to it; when no ``λ`` gets that close in ``max_steps``
-    evaluations (a few clips make the cost a step function), the closest one found is kept.
+    evaluations (a few clips make the cost a step function), the closest one found is kept. Gates already within
+    ``tolerance`` are left as trained: every shift moves some clips off the option their gate learned for them.
 
     The gates' own policies are left as they were (every layer must decide by its gate).
     """
