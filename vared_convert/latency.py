@@ -5,7 +5,9 @@ warm-up, interleaved repeats; on the CPU channels-last with freed memory kept fo
 given; on CUDA synchronised after every call): the original network, the whole model with every gate forced to
 the full option, and, on its real input (captured with a forward hook in that full run), every adaptive layer or
 block alone at each option and its gate. The static rest is the whole full-option model minus its adaptive layers
-at full. Each time is the fastest of the repeats: other work on the machine only ever adds time, and adds more to
+at full. A gate timed alone runs on warm caches and costs several times less than between the layers it decides
+for, so the gates' times are scaled together to what they add in place: the whole model with every gate deciding
+(each pushed to the full option by its offset) against the same model forced to the full option without them. Each time is the fastest of the repeats: other work on the machine only ever adds time, and adds more to
 a long call (the whole model) than to a short one (one layer), which would skew a median-based table's parts
 against its whole; on a quiet machine the fastest and the median differ by a few percent.
 
@@ -22,7 +24,7 @@ import json
 import math
 import os
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -335,6 +337,11 @@ def _layer_inputs(net: nn.Module, clip: torch.Tensor) -> dict[str, torch.Tensor]
     return inputs
 
 
+def _repeated(call: Callable[[], object], times: int) -> None:
+    for _ in range(times):
+        call()
+
+
 def _decide(layer: nn.Module, x: torch.Tensor) -> list[int]:
     """A gate's decision as inference makes it: logits by the gate's inference route, argmax, and the host sync
     that reads the choice."""
@@ -350,14 +357,17 @@ def measure_latency_table(
     batch: int = 1,
     warmup: int = 3,
     conv_kernel: str = "auto",
+    runs_per_round: int = 4,
 ) -> LatencyTable:
     """Time every adaptive layer of the converted ``model`` at each option on ``device`` (see the module's doc).
 
     ``clip_shape`` defaults to the recipe's; ``threads`` sets the CPU threads for the measurement (default: as
     they are); times are the fastest of ``repeats`` interleaved rounds after ``warmup`` ones, in ms per batch of
     ``batch`` clips; ``conv_kernel`` is the 3-D conv kernel both the model and its original run with
-    (:func:`~vared_convert.nn.kernels.set_conv_kernel`; ``"auto"``: oneDNN on the CPU). ``model`` itself is not
-    changed (a copy runs).
+    (:func:`~vared_convert.nn.kernels.set_conv_kernel`; ``"auto"``: oneDNN on the CPU). Each round runs every
+    call ``runs_per_round`` times in a row, as ``vared profile --latency`` runs several clips a round, so that the
+    table and that measurement both time warm calls (a lone call of a millisecond network after other work runs
+    15% slower here). ``model`` itself is not changed (a copy runs).
     """
     from .predict import inference_memory_format
     from .profile import original_network
@@ -368,6 +378,7 @@ def measure_latency_table(
     integer("repeats", repeats, 1)
     integer("batch", batch, 1)
     integer("warmup", warmup, 0)
+    integer("runs_per_round", runs_per_round, 1)
     choice("conv_kernel", conv_kernel, ("auto", *CONV_KERNELS))
     if threads is not None:
         integer("threads", threads, 1)
@@ -395,20 +406,31 @@ def measure_latency_table(
         clip = torch.randn(batch, *shape, generator=generator).to(target).contiguous(memory_format=layout)
         inputs = _layer_inputs(net, clip)
         layers = adaptive_layers(net)
-        calls: dict[str, Callable[[], object]] = {"original": partial(original, clip), "full": partial(net, clip)}
+        gated = copy.deepcopy(net)  # every gate decides in place, each pushed to the full option
+        for _, layer in adaptive_layers(gated):
+            layer.gate.logit_offset.zero_()[0] = 1e4
+        calls: dict[str, Callable[[], object]] = {"original": partial(original, clip), "full": partial(net, clip),
+                                                  "gated": partial(gated, clip)}
         for i, (name, layer) in enumerate(layers):
             for o in range(layer.num_options):
                 calls[f"{i}:{o}"] = partial(layer.run_option, inputs[name], o)
             calls[f"{i}:gate"] = partial(_decide, layer, inputs[name])
         with forced_policy(net, (1, 1.0)):
-            timings = measure_interleaved(calls, target, warmup, repeats)
+            repeated = {name: partial(_repeated, call, runs_per_round) for name, call in calls.items()}
+            timings = measure_interleaved(repeated, target, warmup, repeats)
+        timings = {name: replace(t, median_ms=t.median_ms / runs_per_round, min_ms=t.min_ms / runs_per_round,
+                                 max_ms=t.max_ms / runs_per_round) for name, t in timings.items()}
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(threads_before)
     info = model_info(model)
+    alone = sum(timings[f"{i}:gate"].min_ms for i in range(len(layers)))
+    in_place = timings["gated"].min_ms - timings["full"].min_ms
+    gate_scale = in_place / alone if in_place > 0 and alone > 0 else 1.0
     entries = [
         LayerLatency(name, [int(s) for s in inputs[name].shape[1:]], [o.as_list() for o in layer.options],
-                     [timings[f"{i}:{o}"].min_ms for o in range(layer.num_options)], timings[f"{i}:gate"].min_ms)
+                     [timings[f"{i}:{o}"].min_ms for o in range(layer.num_options)],
+                     timings[f"{i}:gate"].min_ms * gate_scale)
         for i, (name, layer) in enumerate(layers)
     ]
     return LatencyTable(
