@@ -26,12 +26,15 @@ def test_quick_bench_policy_runs_every_method(tmp_path):
     summary = json.loads((out / "policy.json").read_text())
     rows = summary["rows"]
     methods = {r["method"] for r in rows}
-    assert methods == {"original", "adaptive", "most frequent", "random", "uniform", "fewer frames", "smaller crop"}
+    named = {"original", "adaptive", "most frequent", "random", "uniform", "fewer frames", "smaller crop"}
+    assert methods in (named, named | {"searched"})  # searched: when a static policy lies within ±0.03
     assert rows[0]["method"] == "original" and rows[0]["flops_ratio"] == 1.0 and rows[0]["time_ratio"] == 1.0
     by = {r["method"]: r for r in rows}
     # every method trained under one budget, on one data set, from one model: what the table says of each
     assert by["adaptive"]["detail"].startswith("calibrated")
     assert by["uniform"]["detail"].startswith("every layer ")
+    if "searched" in by:
+        assert abs(by["searched"]["flops_ratio"] - by["adaptive"]["flops_ratio"]) <= 0.03 + 1e-9
     assert by["fewer frames"]["flops_ratio"] < 1 and by["smaller crop"]["flops_ratio"] < 1
     for row in rows:
         assert 0 <= row["clip_top1"] <= 100 and 0 <= row["video_top1"] <= 100
