@@ -16,8 +16,9 @@ for each FLOPs target:
   span), finetuned the same way (``--static-option 1,1 --train all``).
 
 Every row is evaluated on the same validation videos (``--val-clips`` clips per video; video level averages a
-video's clip logits) and timed side by side with the original, interleaved, at batch 1 on one thread (median of
-``--repeats`` passes over ``--timing-clips`` clips). The FLOPs ratio is against the original on the reference clip.
+video's clip logits) and timed side by side with the original, interleaved, at batch 1 on one thread, every model
+with the same conv kernel (oneDNN on the CPU; median of ``--repeats`` passes over ``--timing-clips`` clips). The
+FLOPs ratio is against the original on the reference clip.
 Prints the table, writes ``policy.json`` and the accuracy-against-FLOPs plot ``policy.png`` into ``--out``.
 
     python benchmarks/bench_policy.py [DATA] [--model CONVERTED.pth] [--targets 0.5,0.55,0.75] [--epochs 16]
@@ -189,6 +190,7 @@ def run(data: str | None, model_path: str | None, out: Path, b: Budget) -> list[
     train_clips = [batch["clip"] for batch in train_batches]
     reference_macs = alt.original_macs(converted, shape)
     timed: dict[str, Callable[[], None]] = {}
+    timed_models: dict[int, Any] = {}
     rows: list[Row] = []
     layout = torch.channels_last_3d
 
@@ -215,6 +217,7 @@ def run(data: str | None, model_path: str | None, out: Path, b: Budget) -> list[
                 model(x)
 
         timed[f"{len(rows) - 1}"] = call
+        timed_models[id(model)] = model
         (out / "rows.partial.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
         _log(f"{method:>13} {detail:<24} FLOPs {row.flops_ratio:.3f}  top-1 {row.clip_top1:.1f} / "
              f"{row.video_top1:.1f}")
@@ -274,11 +277,12 @@ def run(data: str | None, model_path: str | None, out: Path, b: Budget) -> list[
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        from vared_convert.nn.kernels import set_conv_kernel
         from vared_convert.timing import measure_interleaved, retain_freed_memory
 
         retain_freed_memory()
-        for m in [original, *finetuned.values()]:
-            m.eval()
+        for m in [original, *timed_models.values()]:
+            set_conv_kernel(m.eval(), "auto")  # the same conv kernel for every model (oneDNN on the CPU)
         timings = measure_interleaved(timed, torch.device("cpu"), warmup=2, repeats=b.repeats)
     finally:
         torch.set_num_threads(threads)

@@ -532,29 +532,39 @@ def r3d_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+def _interrupt_while_writing(args: list, folder: Path, output: str, signum: int, attempts: int = 3) -> None:
+    """Run ``vared ARGS`` into an empty ``folder`` and send ``signum`` as soon as its temporary output appears.
+
+    The signal must stop it with one error line and leave nothing behind. A signal can land just after the write
+    finished (the test process is not scheduled in time); that attempt must then have written the complete output
+    and nothing else, and the run is tried again in a fresh folder, up to ``attempts`` times."""
+    for attempt in range(attempts):
+        work = folder / f"attempt{attempt}"
+        work.mkdir()
+        proc = _start([a if a != "OUT" else work / output for a in args], work)
+        hit = _signal_when(proc, work, f".{output}.*.tmp", signum)
+        _, err = proc.communicate(timeout=120)
+        assert hit, "the write ended before the signal could be sent"
+        if proc.returncode == 0:  # finished before the signal landed: a whole output, no temporary file
+            assert [p.name for p in work.iterdir()] == [output], err
+            continue
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert proc.returncode == (130 if signum == signal.SIGINT else 143) and "Traceback" not in err, err
+        assert len(lines) == 1 and lines[0].startswith("error:"), err
+        assert list(work.iterdir()) == [], "a partial or temporary file was left"
+        return
+    pytest.fail(f"in {attempts} attempts the signal never landed while the output was being written")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_convert_save(r3d_checkpoint, tmp_path, signum):
-    proc = _start(["convert", r3d_checkpoint, "--arch", "torchvision:r3d_18", "--num-classes", "4", "--input-shape",
-                   "3,4,32,32", "--out", tmp_path / "o.pth"], tmp_path)
-    hit = _signal_when(proc, tmp_path, ".o.pth.*.tmp", signum)
-    _, err = proc.communicate(timeout=120)
-    assert hit, "the save ended before the signal could be sent"
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert proc.returncode == (130 if signum == signal.SIGINT else 143) and "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert list(tmp_path.iterdir()) == [], "a partial or temporary file was left"
+    _interrupt_while_writing(["convert", r3d_checkpoint, "--arch", "torchvision:r3d_18", "--num-classes", "4",
+                              "--input-shape", "3,4,32,32", "--out", "OUT"], tmp_path, "o.pth", signum)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_export(ws, tmp_path, signum):
-    proc = _start(["export", ws / "model.pth", "--onnx", tmp_path / "m.onnx"], tmp_path)
-    hit = _signal_when(proc, tmp_path, ".m.onnx.*.tmp", signum)
-    _, err = proc.communicate(timeout=120)
-    assert hit, "the export ended before the signal could be sent"
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert proc.returncode == (130 if signum == signal.SIGINT else 143) and "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert list(tmp_path.iterdir()) == []
+    _interrupt_while_writing(["export", ws / "model.pth", "--onnx", "OUT"], tmp_path, "m.onnx", signum)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
