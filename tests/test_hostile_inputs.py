@@ -505,9 +505,13 @@ def test_user_code_runs_when_the_user_names_it(ws, tmp_path):
 
 # ------------------------------------------------------------------------------------------- signals
 def _start(args: list, cwd: Path) -> subprocess.Popen:
+    """``vared ARGS`` as a process of its own, with Ctrl-C's default disposition as a terminal gives it: a test run
+    started in the background by a shell (``cmd &``) ignores SIGINT, which its children would inherit, and Python
+    leaves an inherited ignored SIGINT ignored."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     return subprocess.Popen([sys.executable, "-m", "vared_convert", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _signal_when(proc: subprocess.Popen, folder: Path, pattern: str, signum: int, timeout: float = 240) -> bool:
@@ -532,39 +536,29 @@ def r3d_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def _interrupt_while_writing(args: list, folder: Path, output: str, signum: int, attempts: int = 3) -> None:
-    """Run ``vared ARGS`` into an empty ``folder`` and send ``signum`` as soon as its temporary output appears.
-
-    The signal must stop it with one error line and leave nothing behind. A signal can land just after the write
-    finished (the test process is not scheduled in time); that attempt must then have written the complete output
-    and nothing else, and the run is tried again in a fresh folder, up to ``attempts`` times."""
-    for attempt in range(attempts):
-        work = folder / f"attempt{attempt}"
-        work.mkdir()
-        proc = _start([a if a != "OUT" else work / output for a in args], work)
-        hit = _signal_when(proc, work, f".{output}.*.tmp", signum)
-        _, err = proc.communicate(timeout=120)
-        assert hit, "the write ended before the signal could be sent"
-        if proc.returncode == 0:  # finished before the signal landed: a whole output, no temporary file
-            assert [p.name for p in work.iterdir()] == [output], err
-            continue
-        lines = [line for line in err.splitlines() if line.strip()]
-        assert proc.returncode == (130 if signum == signal.SIGINT else 143) and "Traceback" not in err, err
-        assert len(lines) == 1 and lines[0].startswith("error:"), err
-        assert list(work.iterdir()) == [], "a partial or temporary file was left"
-        return
-    pytest.fail(f"in {attempts} attempts the signal never landed while the output was being written")
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_convert_save(r3d_checkpoint, tmp_path, signum):
-    _interrupt_while_writing(["convert", r3d_checkpoint, "--arch", "torchvision:r3d_18", "--num-classes", "4",
-                              "--input-shape", "3,4,32,32", "--out", "OUT"], tmp_path, "o.pth", signum)
+    proc = _start(["convert", r3d_checkpoint, "--arch", "torchvision:r3d_18", "--num-classes", "4", "--input-shape",
+                   "3,4,32,32", "--out", tmp_path / "o.pth"], tmp_path)
+    hit = _signal_when(proc, tmp_path, ".o.pth.*.tmp", signum)
+    _, err = proc.communicate(timeout=120)
+    assert hit, "the save ended before the signal could be sent"
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == (130 if signum == signal.SIGINT else 143) and "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert list(tmp_path.iterdir()) == [], "a partial or temporary file was left"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_export(ws, tmp_path, signum):
-    _interrupt_while_writing(["export", ws / "model.pth", "--onnx", "OUT"], tmp_path, "m.onnx", signum)
+    proc = _start(["export", ws / "model.pth", "--onnx", tmp_path / "m.onnx"], tmp_path)
+    hit = _signal_when(proc, tmp_path, ".m.onnx.*.tmp", signum)
+    _, err = proc.communicate(timeout=120)
+    assert hit, "the export ended before the signal could be sent"
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == (130 if signum == signal.SIGINT else 143) and "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
