@@ -257,7 +257,8 @@ def run(data: str | None, model_path: str | None, out: Path, b: Budget) -> list[
     for target in b.targets:
         _log(f"target {target}")
         adaptive, c = trained(f"adaptive_{target}", dict(target_flops=target))
-        adaptive_row = add(target, "adaptive", f"calibrated λ {c['strength']:+.3g}" if c else "not calibrated", adaptive)
+        calibration = f"calibrated λ {c['strength']:+.3g}" if c else "not calibrated"
+        adaptive_row = add(target, "adaptive", calibration, adaptive)
         frequent = most_frequent_policy(adaptive, train_clips)
         add(target, "most frequent", " ".join(policy_labels(adaptive, frequent).values()), adaptive, frequent)
         add(target, "random", "adaptive's frequencies", adaptive, alt.decision_frequencies(adaptive, train_clips))
@@ -332,8 +333,7 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     markers = {"adaptive": ("o", "-"), "most frequent": ("s", ""), "searched": ("P", ""), "random": ("x", ""),
-               "uniform": ("^", ""),
-               "fewer frames": ("v", ""), "smaller crop": ("D", "")}
+               "uniform": ("^", ""), "fewer frames": ("v", ""), "smaller crop": ("D", "")}
     for method, (marker, line) in markers.items():
         points = sorted({(r.flops_ratio, r.clip_top1) for r in rows if r.method == method})
         if points:

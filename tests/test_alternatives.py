@@ -39,8 +39,9 @@ def _batches(model, costs, policy, count=24):
     frames = torch.linspace(0, 1, SHAPE[1]).view(1, 1, -1, 1, 1)
     columns = torch.linspace(0, 1, SHAPE[3]).view(1, 1, 1, 1, -1)
     speed = 3 * torch.randn(count, 1, 1, 1, 1)  # waves that move at a different speed in every clip
-    clips = (2 * torch.randn(count, 3, 1, 1, 1) + 3 * torch.randn(count, 3, 1, 1, 1) * torch.sin(6 * columns + speed * frames)
-             + 0.3 * torch.randn(count, *SHAPE))
+    waves = torch.sin(6 * columns + speed * frames)
+    level, amplitude = 2 * torch.randn(count, 3, 1, 1, 1), 3 * torch.randn(count, 3, 1, 1, 1)
+    clips = level + amplitude * waves + 0.3 * torch.randn(count, *SHAPE)
     labels = predict(model, clips, costs, policy).logits.argmax(1)
     return [{"clip": clips[i : i + 8], "label": labels[i : i + 8], "video": torch.arange(i, i + 8)}
             for i in range(0, count, 8)]

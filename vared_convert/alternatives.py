@@ -141,13 +141,13 @@ def searched_policy(model: nn.Module, batches: Sequence[Mapping], flops_ratio: f
         ratio = costs.forced_macs(options) / costs.original_macs
         if abs(ratio - flops_ratio) <= tolerance:
             candidates.append((ratio, options))
-    best: tuple[float, float, dict[str, int]] | None = None
-    for ratio, options in sorted(candidates):
+    best: tuple[float, dict[str, int]] | None = None
+    for _, options in sorted(candidates):  # cheapest first: a later policy must be more accurate to replace it
         policy = {name: o for (name, _), o in zip(layers, options)}
         top1 = evaluate(model, batches, policy=policy).clip_top1
         if best is None or top1 > best[0]:
-            best = (top1, ratio, policy)
-    return None if best is None else best[2]
+            best = (top1, policy)
+    return None if best is None else best[1]
 
 
 def uniform_policy(model: nn.Module, option: tuple[int, float]) -> dict[str, int]:

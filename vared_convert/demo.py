@@ -51,7 +51,7 @@ class DemoSettings:
     lr: float = 3e-3
     flops_weight: float = 100.0
     tau_end: float = 0.1
-    relaxation: str = "hard"  # vared finetune --relaxation: straight-through learns the still/moving split, soft does not
+    relaxation: str = "hard"  # straight-through learns the still/moving split; the soft mixture does not
     export_dynamic: bool = True
     granularity: str = "block"  # vared convert --granularity
 

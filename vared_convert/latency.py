@@ -7,9 +7,10 @@ the full option, and, on its real input (captured with a forward hook in that fu
 block alone at each option and its gate. The static rest is the whole full-option model minus its adaptive layers
 at full. A gate timed alone runs on warm caches and costs several times less than between the layers it decides
 for, so the gates' times are scaled together to what they add in place: the whole model with every gate deciding
-(each pushed to the full option by its offset) against the same model forced to the full option without them. Each time is the fastest of the repeats: other work on the machine only ever adds time, and adds more to
-a long call (the whole model) than to a short one (one layer), which would skew a median-based table's parts
-against its whole; on a quiet machine the fastest and the median differ by a few percent.
+(each pushed to the full option by its offset) against the same model forced to the full option without them.
+Each time is the fastest of the repeats: other work on the machine only ever adds time, and adds more to a long
+call (the whole model) than to a short one (one layer), which would skew a median-based table's parts against its
+whole; on a quiet machine the fastest and the median differ by a few percent.
 
 A :class:`LatencyTable` is saved as JSON and loaded with checks: one that was measured on another model (layer
 names or options) or at another clip shape is refused in one line. :class:`LatencyCostModel` reads it with the
@@ -24,7 +25,7 @@ import json
 import math
 import os
 import platform
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -418,8 +419,7 @@ def measure_latency_table(
         with forced_policy(net, (1, 1.0)):
             repeated = {name: partial(_repeated, call, runs_per_round) for name, call in calls.items()}
             timings = measure_interleaved(repeated, target, warmup, repeats)
-        timings = {name: replace(t, median_ms=t.median_ms / runs_per_round, min_ms=t.min_ms / runs_per_round,
-                                 max_ms=t.max_ms / runs_per_round) for name, t in timings.items()}
+        timings = {name: t.per_call(runs_per_round) for name, t in timings.items()}
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(threads_before)

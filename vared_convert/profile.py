@@ -13,7 +13,6 @@ layer and option comes from the analytic formulas that tests check against fvcor
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -446,12 +445,8 @@ def _measure_latency(model: nn.Module, inputs: list[torch.Tensor], option: tuple
     with forced_policy(model, option) if option is not None else contextlib.nullcontext():
         timings = measure_interleaved({"original": run_all(original), "adaptive": run_all(model)}, device, warmup,
                                       repeats)
-    return Latency(*(_per_clip(timings[name], len(inputs)) for name in ("original", "adaptive")), clips=len(inputs),
+    return Latency(*(timings[name].per_call(len(inputs)) for name in ("original", "adaptive")), clips=len(inputs),
                    layout="channels-last" if layout == torch.channels_last_3d else "contiguous", malloc=malloc,
                    conv_kernel=kernel)
 
 
-def _per_clip(timing: Timing, clips: int) -> Timing:
-    """A timing of one pass over ``clips`` batch-1 clips, as milliseconds per clip."""
-    return dataclasses.replace(timing, median_ms=timing.median_ms / clips, min_ms=timing.min_ms / clips,
-                               max_ms=timing.max_ms / clips)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
@@ -22,6 +23,11 @@ class Timing:
     repeats: int
     device: str
     threads: int
+
+    def per_call(self, calls: int) -> "Timing":
+        """This timing of ``calls`` calls in a row, as milliseconds per call."""
+        return dataclasses.replace(self, median_ms=self.median_ms / calls, min_ms=self.min_ms / calls,
+                                   max_ms=self.max_ms / calls)
 
     def to_dict(self) -> dict:
         return {"median_ms": self.median_ms, "min_ms": self.min_ms, "max_ms": self.max_ms, "repeats": self.repeats,
