@@ -3,6 +3,7 @@ whole converted model gives each video what it gets alone."""
 
 from __future__ import annotations
 
+import copy
 import pytest
 import torch
 
@@ -48,17 +49,35 @@ def test_fast_cheap_ops_equal_the_reference_formulation(kind, layout):
                 assert fast.is_contiguous(), (kind, option)
 
 
-def test_frame_rebuild_fast_path_is_exact_for_every_factor_and_length():
+def test_frame_rebuild_fast_path_is_exact_for_every_factor_length_and_layout():
     for factor in (2, 3, 4):
         rebuild = FrameRebuild(5, factor)
         with torch.no_grad():
             rebuild.blend.weight.normal_()
-        computed = torch.randn(2, 5, 4, 3, 3)
-        for frames in range(3 * factor + 1, 4 * factor + 1):
-            with torch.no_grad():
-                fast = rebuild(computed, frames)
-            reference = rebuild(computed, frames).detach()
-            assert torch.equal(fast, reference), (factor, frames)
+        for layout in (torch.contiguous_format, CHANNELS_LAST):
+            computed = torch.randn(2, 5, 4, 3, 3).contiguous(memory_format=layout)
+            for frames in range(3 * factor + 1, 4 * factor + 1):
+                with torch.no_grad():
+                    fast = rebuild(computed, frames, fast=True)
+                    reference = rebuild(computed, frames)
+                torch.testing.assert_close(fast, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_frame_rebuild_fast_path_follows_its_weights():
+    """The fast route keeps its blend weights in a dense layout; a change of the weights must reach it."""
+    rebuild = FrameRebuild(4, 2)
+    computed = torch.randn(1, 4, 3, 5, 5)
+    with torch.no_grad():
+        before = rebuild(computed, 6, fast=True)
+        rebuild.blend.weight.mul_(-2.0)
+        after = rebuild(computed, 6, fast=True)
+        torch.testing.assert_close(after, rebuild(computed, 6))
+        assert not torch.allclose(before, after)
+        rebuild.load_state_dict({"blend.weight": torch.randn_like(rebuild.blend.weight)})
+        torch.testing.assert_close(rebuild(computed, 6, fast=True), rebuild(computed, 6))
+        copied = copy.deepcopy(rebuild)
+        copied.blend.weight.zero_()
+        torch.testing.assert_close(copied(computed, 6, fast=True), copied(computed, 6))
 
 
 def test_fvcore_counts_the_reference_formulation_even_without_autograd():
