@@ -3,6 +3,8 @@ cost (counted, not timed), the training gradient, the fallback to per-conv, and 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
 import pytest
@@ -226,8 +228,6 @@ def _pin(model: nn.Module, option: int | None = None, name: str | None = None) -
 
 
 def test_block_export_has_an_if_per_block_and_follows_pytorch_on_every_branch(residual, tmp_path):
-    import copy
-
     import onnx.numpy_helper as nh
 
     _, result = residual
@@ -331,3 +331,39 @@ def test_chain_block_starting_with_a_depthwise_conv_shrinks_it_to_the_option():
     clip = torch.randn(1, *SHAPE)
     with torch.no_grad(), forced_policy(model, (1, 1.0)):
         torch.testing.assert_close(model(clip), original(clip), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_inference_route_of_every_option_equals_the_reference_route(residual, layout):
+    """Eager inference takes its own routes (the last BatchNorm or ReLU writing straight into φ_t's output, kept
+    weight slices, in-place rebuilds); every option of every block must give what the reference route gives, in
+    both memory layouts, and follow a change of the BatchNorm's statistics."""
+    _, result = residual
+    fmt = torch.channels_last_3d if layout == "channels_last" else torch.contiguous_format
+    chain = convert(tiny(), SHAPE, min_flops_share=0).model
+    blocks = _blocks(copy.deepcopy(result.model)) + _blocks(chain)
+    assert {b.kind for b in blocks} == {"residual", "chain"}
+    generator = torch.Generator().manual_seed(0)
+    for block in blocks:
+        norms = [m for m in block._ops if isinstance(m, nn.BatchNorm3d)]
+        with torch.no_grad():  # statistics and affine parameters that a fold could get wrong
+            for norm in norms:
+                norm.running_mean.normal_(generator=generator)
+                norm.running_var.uniform_(0.5, 2.0, generator=generator)
+                norm.weight.normal_(generator=generator)
+                norm.bias.normal_(generator=generator)
+            for rebuild in block.rebuild_frames:
+                rebuild.blend.weight.normal_(generator=generator)
+        x = torch.randn(2, block.in_channels, 8, 8, 8, generator=generator).contiguous(memory_format=fmt)
+        for o in range(block.num_options):
+            with torch.no_grad():
+                fast = block.run_option(x, o, fast=True)
+                reference = block.run_option(x, o, fast=False)
+            torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5, msg=f"{block} option {o}")
+            if layout == "channels_last":
+                assert fast.is_contiguous(memory_format=fmt), (block, o)
+        temporal = next(o for o, option in enumerate(block.options) if option.temporal > 1)
+        with torch.no_grad():
+            norms[-1].running_var.mul_(3.0)  # a new version of the statistics: the folded scale must follow
+            torch.testing.assert_close(block.run_option(x, temporal, fast=True),
+                                       block.run_option(x, temporal, fast=False), rtol=1e-5, atol=1e-5)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -102,6 +103,10 @@ def shrinks_channels(ops: Sequence[nn.Module], kind: str) -> bool:
     if any(c.groups > 1 and not _depthwise(c) for c in convs):
         return False
     return not (kind == "residual" and _depthwise(convs[-1]))
+
+
+def _relu_into(x: torch.Tensor, out: torch.Tensor) -> None:
+    torch.clamp_min(x, 0, out=out)
 
 
 class AdaptiveBlock(AdaptiveLayer):
@@ -266,9 +271,10 @@ class AdaptiveBlock(AdaptiveLayer):
         return torch.mul(x, s)
 
     def computed_part(self, x: torch.Tensor, option: int, conv3d: Conv3dFunction = F.conv3d,
-                      cached: bool = False) -> torch.Tensor:
-        """The block's ops run at ``option``'s widths and frames (before φ_s and φ_t)."""
-        for step in self._plans[option]:
+                      cached: bool = False, steps: int | None = None) -> torch.Tensor:
+        """The block's ops run at ``option``'s widths and frames (before φ_s and φ_t); ``steps``: only the first
+        ones."""
+        for step in self._plans[option][:steps]:
             kind = step[0]
             if kind == "conv":
                 x = self._conv(x, step, conv3d, cached)
@@ -296,8 +302,46 @@ class AdaptiveBlock(AdaptiveLayer):
         fast = self.fast if fast is None else fast
         conv3d = conv3d or self.conv3d_function(fast)
         with torch.no_grad() if fast else contextlib.nullcontext():  # the fast routes are for inference only
+            o, plan = self.options[option], self._plans[option]
+            write = self._writer(plan[-1]) if fast and o.temporal > 1 and self._rebuilds_frames_only(o) else None
+            if write is not None:  # the last op writes the computed frames straight into φ_t's output
+                computed = self.computed_part(x, option, conv3d, cached=True, steps=len(plan) - 1)
+                rebuild = self.rebuild_frames[self.temporal_factors.index(o.temporal)]
+                return rebuild.expand_written(partial(write, computed), computed.shape, self.output_frames(x.shape[2]),
+                                              computed.dtype, computed.device, memory_format_of(computed))
             computed = self.computed_part(x, option, conv3d, cached=fast)
             return self.rebuild(computed, option, self.output_frames(x.shape[2]), fast)
+
+    def _rebuilds_frames_only(self, option: ConvOption) -> bool:
+        return self.kind == "residual" or option.channels == self.width
+
+    def _writer(self, step: tuple) -> Callable[[torch.Tensor, torch.Tensor], object] | None:
+        """How the plan's last step can write its result into a given view (``None`` when it cannot): an inference
+        BatchNorm as one multiply-add with its scale and shift folded (kept per version of its tensors), a ReLU as
+        a clamp."""
+        m = self._ops[step[1]]
+        if step[0] == "norm" and not m.training and m.running_mean is not None and m.running_var is not None:
+            return partial(self._norm_into, m, step[1], step[2])
+        if step[0] == "pointwise" and type(m) is nn.ReLU:
+            return _relu_into
+        return None
+
+    def _norm_into(self, norm: nn.BatchNorm3d, index: int, width: int, x: torch.Tensor, out: torch.Tensor) -> None:
+        sources = (norm.running_mean, norm.running_var, norm.weight, norm.bias)
+        key = ("norm", index, width, x.dtype)
+        stamp = tuple(tensor_stamp(t) if t is not None else None for t in sources)
+        entry = self._cache.get(key)
+        if entry is None or entry[0] != stamp:
+            scale = torch.rsqrt(norm.running_var[:width].detach() + norm.eps)
+            if norm.weight is not None:
+                scale = scale * norm.weight[:width].detach()
+            shift = -norm.running_mean[:width].detach() * scale
+            if norm.bias is not None:
+                shift = shift + norm.bias[:width].detach()
+            entry = (stamp, (scale.to(x.dtype).view(1, -1, 1, 1, 1), shift.to(x.dtype).view(1, -1, 1, 1, 1)))
+            self._cache[key] = entry
+        scale, shift = entry[1]
+        torch.addcmul(shift, x, scale, out=out)
 
     # ------------------------------------------------------------------ training (chain blocks): options from the full output
     def _full(self, x: torch.Tensor) -> torch.Tensor:

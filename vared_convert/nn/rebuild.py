@@ -16,7 +16,7 @@ copy, a depthwise conv and an interleaving copy. Those routes write in place, so
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -158,20 +158,33 @@ class FrameRebuild(nn.Module):
         """The same values, written phase by phase into one output in the first block's memory layout."""
         n, _, t, h, w = blocks[0].shape
         c = sum(block.shape[1] for block in blocks)
-        factor, layout = self.factor, memory_format_of(blocks[0])
+
+        def copy_blocks(computed: torch.Tensor) -> None:  # phase 0: the computed frames, block by block
+            start = 0
+            for block in blocks:
+                computed[:, start : start + block.shape[1]] = block
+                start += block.shape[1]
+
+        return self.expand_written(copy_blocks, (n, c, t, h, w), frames, blocks[0].dtype, blocks[0].device,
+                                   memory_format_of(blocks[0]))
+
+    def expand_written(self, write: Callable[[torch.Tensor], object], computed_shape: Sequence[int], frames: int,
+                       dtype: torch.dtype, device: torch.device, layout: torch.memory_format) -> torch.Tensor:
+        """The eager inference route with the computed frames written by ``write(view)`` straight into their places
+        in the output (a block's last op writes there, instead of into a map that is then copied): ``view`` is the
+        output's frames 0, R, 2R, ... (shape ``computed_shape``); the frames between are blended from them."""
+        n, c, t, h, w = computed_shape
+        factor = self.factor
         # the output is allocated with the layout's own strides and the phases are views of it: a view made the
         # other way round gives a batch of one an odd batch stride, and kernels that read the layout from the
         # strides (max_pool3d) then copy the whole map to NCDHW
-        full = torch.empty((n, c, t * factor, h, w), dtype=blocks[0].dtype, device=blocks[0].device,
-                           memory_format=layout)
+        full = torch.empty((n, c, t * factor, h, w), dtype=dtype, device=device, memory_format=layout)
         if layout == torch.channels_last_3d:
             phases = full.permute(0, 2, 3, 4, 1).view(n, t, factor, h, w, c).permute(0, 5, 1, 2, 3, 4)
         else:
             phases = full.view(n, c, t, factor, h, w)
-        computed, start = phases[:, :, :, 0], 0  # phase 0: the computed frames, block by block
-        for block in blocks:
-            computed[:, start : start + block.shape[1]] = block
-            start += block.shape[1]
+        computed = phases[:, :, :, 0]
+        write(computed)
         taps = self._taps()
         for p in range(1, factor):
             here, after = taps[p - 1, 0].view(1, c, 1, 1, 1), taps[p - 1, 1].view(1, c, 1, 1, 1)
