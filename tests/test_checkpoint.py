@@ -185,3 +185,23 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError("crash")
     assert target.read_bytes() == b"old"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_an_interrupt_right_after_a_temporary_file_is_created_leaves_nothing(tmp_path, monkeypatch):
+    """A signal raised as an exception (Ctrl-C, or SIGTERM in the CLI) can land between any two bytecodes: right
+    after the output's temporary file or the folder probe's file is created is the narrowest place; both must
+    still be removed."""
+    import vared_convert.files as files
+
+    create = files._create
+    for stage in ("probe", "output"):
+        def interrupted(path, stage=stage):
+            create(path)
+            if path.name.startswith(".vared-probe.") == (stage == "probe"):
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(files, "_create", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            with atomic_output(tmp_path / "out.pth") as tmp:
+                tmp.write_bytes(b"never")
+        assert list(tmp_path.iterdir()) == [], stage

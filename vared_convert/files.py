@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -37,17 +37,31 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
+def _temporary_name(folder: Path, prefix: str, suffix: str = "") -> Path:
+    """A fresh hidden name in ``folder``, chosen before the file exists."""
+    return folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
+
+
+def _create(path: Path) -> None:
+    """Create ``path`` as a new empty file (0600), failing if it exists."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _probe_folder(folder: Path, what: str) -> None:
-    """Create and remove one empty file in ``folder``: a read-only or unusable folder fails now, not after the work."""
+    """Create and remove one empty file in ``folder``: a read-only or unusable folder fails now, not after the work.
+
+    The name is chosen before the file is created and removed in a ``finally``, so a signal at any moment (Ctrl-C,
+    SIGTERM raised as an exception) leaves nothing behind."""
+    probe = _temporary_name(folder, ".vared-probe.")
     try:
-        fd, name = tempfile.mkstemp(prefix=".vared-probe.", dir=folder)
+        _create(probe)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             reason = "read-only" if exc.errno == errno.EROFS else "not writable"
         raise OutputError(f"{what} {folder}: cannot write there ({reason})") from exc
-    os.close(fd)
-    os.unlink(name)
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def check_output_path(
@@ -89,11 +103,12 @@ def atomic_output(path: str | os.PathLike, force: bool = False, inputs: Iterable
     A write that fails for lack of space or permission is an :class:`~vared_convert.errors.OutputError`.
     """
     path = check_output_path(path, force, inputs)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # the name is known before the file exists, and the file is created inside the try: a signal raised as an
+    # exception at any moment, even right after the creation, reaches the finally that removes it
+    tmp = _temporary_name(path.parent, f".{path.name}.", ".tmp")
     try:
         try:
+            _create(tmp)
             yield tmp
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
