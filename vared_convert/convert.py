@@ -525,10 +525,14 @@ def _time_rule(
     """The time-aware rule: a converted conv goes back to static where, measured on ``device`` at its input
     shape (batch 1; channels-last on the CPU), its gate plus its cheapest option does not save ``min_saving`` of
     the full conv's time. FLOPs are not time: a 1×1×1 conv is one fast GEMM, while rebuilding its skipped frames
-    and channels are passes over memory that can cost more than the conv (X3D on the CPU)."""
+    and channels are passes over memory that can cost more than the conv (X3D on the CPU). On the CPU freed memory
+    is kept for reuse while timing, as ``vared profile --latency`` and latency tables time: with glibc's defaults a
+    process's first calls page-fault every large buffer in, which made a 0.3 ms conv take 24 ms here."""
     from .predict import inference_memory_format
-    from .timing import measure_interleaved
+    from .timing import measure_interleaved, retain_freed_memory
 
+    if device.type == "cpu":
+        retain_freed_memory()
     layout = inference_memory_format(device)
     for d in decisions:
         if not d.converted or _matches(d.name, only):
