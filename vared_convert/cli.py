@@ -654,9 +654,10 @@ def demo(
     console.print(table)
     if result.latency and result.latency["time_ratio"] >= 1:
         console.print(f"[yellow]time ratio {result.latency['time_ratio']:.2f} for a FLOPs ratio of "
-                      f"{result.flops_ratio:.2f}: this toy network runs in about a millisecond, where each gate's "
-                      "fixed cost (about twenty small eager ops: a grid pooling, two sums, two tiny linears, one "
-                      "decision) outweighs what its layer saves. "
+                      f"{result.flops_ratio:.2f}: this toy network runs in about a millisecond, where the fixed "
+                      "costs of each gate (about twenty small eager ops: a grid pooling, two sums, two tiny linears, "
+                      "one decision) and of each block's rebuild (a few small memory passes) outweigh what its layer "
+                      "saves. "
                       "For real models see the README's Speed section (r3d_18: bench_speed.py).[/]", highlight=False)
     decisions = Table(title="What each class chose (share of layer decisions)", title_justify="left")
     decisions.add_column("class")
