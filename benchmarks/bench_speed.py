@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=None, help="comma-separated: " + ", ".join(MODELS) + " (default: all)")
     parser.add_argument("--backends", default="eager,onnxruntime", help="eager and/or onnxruntime")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
-    parser.add_argument("--granularity", default="block", help="comma-separated: block, conv (vared convert "
+    parser.add_argument("--granularity", default="block", help="comma-separated: block, stage, conv (vared convert "
                         "--granularity)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime "

@@ -18,7 +18,7 @@ from test_export import ort_session
 from vared_convert.convert import convert
 from vared_convert.export import export_model, static_policy
 from vared_convert.flops import count_macs, gate_macs, option_costs
-from vared_convert.nn import (AdaptiveBlock, DynamicConv3d, adaptive_layers, decide, forced_policy, option_index,
+from vared_convert.nn import (AdaptiveBlock, AdaptiveStage, DynamicConv3d, adaptive_layers, decide, forced_policy, option_index,
                               set_policy)
 
 SHAPE = (3, 8, 32, 32)
@@ -118,7 +118,7 @@ def _analytic_executed(model, original, x, decisions) -> float:
     return total
 
 
-@pytest.mark.parametrize("granularity", ["block", "conv"])
+@pytest.mark.parametrize("granularity", ["block", "conv", "stage"])
 def test_executed_macs_equal_the_analytic_cost_of_the_decisions(granularity):
     """Counted, not timed: the inference path computes exactly the chosen options (never the full block cut down),
     at batch 1 for every forced option and in a mixed batch that the gates split."""
@@ -127,6 +127,7 @@ def test_executed_macs_equal_the_analytic_cost_of_the_decisions(granularity):
     model = convert(original, SHAPE, min_flops_share=0, granularity=granularity).model.eval()
     layers = [layer for _, layer in adaptive_layers(model)]
     assert any(isinstance(layer, AdaptiveBlock) for layer in layers) == (granularity == "block")
+    assert any(isinstance(layer, AdaptiveStage) for layer in layers) == (granularity == "stage")
     for option in [(1, 1.0), (1, 0.5), (1, 0.25), (2, 1.0), (2, 0.5), (2, 0.25)]:
         with torch.no_grad():
             for layer in layers:  # pin every gate to the option: the gates still run and decide

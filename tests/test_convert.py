@@ -13,7 +13,7 @@ from vared_convert.arch import ArchSpec, build_model
 from vared_convert.checkpoint import load_model, save_model
 from vared_convert.convert import convert
 from vared_convert.errors import VaredError
-from vared_convert.nn import AdaptiveBlock, AdaptiveLayer, DynamicConv3d, adaptive_layers, decide, dynamic_convs, forced_policy
+from vared_convert.nn import AdaptiveBlock, AdaptiveLayer, AdaptiveStage, DynamicConv3d, adaptive_layers, decide, dynamic_convs, forced_policy
 
 ARCHS = {
     "torchvision:r3d_18": (3, 8, 64, 64),
@@ -42,9 +42,12 @@ def _randomise_gates(model: torch.nn.Module) -> None:
 
 
 CONV_GRANULARITY = ["torchvision:r3d_18", "pytorchvideo:x3d_s", "pytorchvideo:slowfast_r50"]
+STAGE_GRANULARITY = ["torchvision:r3d_18", "torchvision:r2plus1d_18", "torchvision:s3d", "pytorchvideo:i3d_r50",
+                     "pytorchvideo:x3d_s", "pytorchvideo:csn_r101", "pytorchvideo:slowfast_r50"]
 
 
-@pytest.mark.parametrize("arch,granularity", [(a, "block") for a in sorted(ARCHS)] + [(a, "conv") for a in CONV_GRANULARITY])
+@pytest.mark.parametrize("arch,granularity", [(a, "block") for a in sorted(ARCHS)] + [(a, "conv") for a in CONV_GRANULARITY]
+                         + [(a, "stage") for a in STAGE_GRANULARITY])
 def test_architecture_converts_exactly_and_reloads(arch, granularity, tmp_path):
     shape = ARCHS[arch]
     original = build_model(ArchSpec(arch, num_classes=5))
@@ -64,9 +67,13 @@ def test_architecture_converts_exactly_and_reloads(arch, granularity, tmp_path):
 
     assert len(report.converted) + len(report.converted_blocks) > 0 and 0.5 < report.converted_flops_share <= 1.0
     assert all(isinstance(result.model.get_submodule(d.name), DynamicConv3d) for d in report.converted)
-    assert all(isinstance(result.model.get_submodule(d.name), AdaptiveBlock) for d in report.converted_blocks)
+    kinds = {"stage": AdaptiveStage}
+    assert all(isinstance(result.model.get_submodule(d.name), kinds.get(d.kind, AdaptiveBlock))
+               for d in report.converted_blocks)
     if granularity == "conv":
         assert not report.blocks
+    if granularity == "stage" and arch not in ("torchvision:s3d", "pytorchvideo:slowfast_r50"):
+        assert any(d.kind == "stage" for d in report.converted_blocks)  # residual stages (S3D has none; fx stops in SlowFast)
     # every original key survives, with the same values; the original model is untouched
     converted_sd = result.model.state_dict()
     for key, value in before.items():

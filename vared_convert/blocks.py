@@ -28,10 +28,12 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .nn import AdaptiveBlock, DynamicConv3d, adaptive_layers, op_kind
+from .nn import AdaptiveBlock, AdaptiveLayer, DynamicConv3d, adaptive_layers, op_kind
 from .nn.block import block_problem
+from .nn.stage import RESERVED_NAMES, AdaptiveStage, StageBranch
 
-__all__ = ["BlockSite", "BlockTracer", "block_members", "block_module_name", "find_blocks", "place_blocks", "place_owner", "rewrite_owner"]
+__all__ = ["BlockSite", "BlockTracer", "StageSite", "block_members", "block_module_name", "find_blocks", "find_stages",
+           "place_blocks", "place_owner", "place_stage", "rewrite_owner"]
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 
@@ -41,7 +43,7 @@ class BlockTracer(fx.Tracer):
     and torch.nn's own modules."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, (nn.Conv3d, DynamicConv3d, AdaptiveBlock)):
+        if isinstance(m, (nn.Conv3d, AdaptiveLayer, StageBranch)):
             return True
         if op_kind(m) is not None:
             return True
@@ -223,26 +225,35 @@ def _get(root: nn.Module, target: str) -> Any:
 
 def place_blocks(model: nn.Module, specs: Sequence[Any]) -> list[str]:
     """Make each block of ``specs`` (objects with ``owner``, ``ops`` (qualified names), ``kind``, ``options`` and
-    ``gate_hidden``) adaptive in ``model``, in place; returns the blocks' qualified names."""
+    ``gate_hidden``; a stage's also ``branches``) adaptive in ``model``, in place; returns the blocks' qualified
+    names."""
     by_owner: dict[str, list[Any]] = {}
-    for spec in specs:
-        by_owner.setdefault(spec.owner, []).append(spec)
     names = []
+    for spec in specs:
+        if spec.kind == "stage":
+            names.append(place_stage(model, spec.owner, spec.branches, spec.options, spec.gate_hidden))
+        else:
+            by_owner.setdefault(spec.owner, []).append(spec)
     for owner_name, group in by_owner.items():
         names += place_owner(model, owner_name, group)
     return names
 
 
-def place_owner(model: nn.Module, owner_name: str, specs: Sequence[Any]) -> list[str]:
+def place_owner(model: nn.Module, owner_name: str, specs: Sequence[Any],
+                build: Any = None) -> list[str]:
     """Make the blocks ``specs``, all held by module ``owner_name``, adaptive: that module is rewritten (see
-    :func:`rewrite_owner`) and put back in ``model``. Returns the blocks' qualified names."""
+    :func:`rewrite_owner`) and put back in ``model``. Returns the blocks' qualified names. ``build(spec, ops,
+    members)``, when given, makes each block's module (a stage's branches); by default an adaptive block."""
     from .recipe import replace_module
 
     owner = model.get_submodule(owner_name)
     made = []
     for spec in specs:
-        relative = [op[len(owner_name) + 1:] for op in spec.ops]
+        relative = [op[len(owner_name) + 1:] for op in spec.ops] if owner_name else list(spec.ops)
         ops = [owner.get_submodule(r) for r in relative]
+        if build is not None:
+            made.append((relative, build(spec, ops, relative)))
+            continue
         param = next(ops[0].parameters())
         block = AdaptiveBlock(ops, spec.kind, spec.options, spec.gate_hidden, members=relative)
         block = block.to(device=param.device, dtype=param.dtype)
@@ -253,13 +264,121 @@ def place_owner(model: nn.Module, owner_name: str, specs: Sequence[Any]) -> list
 
 
 def block_members(model: nn.Module) -> set[str]:
-    """The qualified names of the modules that adaptive blocks run, and of their submodules (they are counted in
-    the block's row)."""
+    """The qualified names of the modules that adaptive blocks and stages run, and of their submodules (they are
+    counted in the block's or stage's row)."""
     members = set()
     for name, layer in adaptive_layers(model):
+        if isinstance(layer, AdaptiveStage):  # everything inside a stage
+            members.update(f"{name}.{sub}" for sub, _ in layer.named_modules() if sub)
         if isinstance(layer, AdaptiveBlock):
             owner = name.rpartition(".")[0]
             for member, op in zip(layer.members, layer._ops):
                 base = f"{owner}.{member}" if owner else member
                 members.update(f"{base}.{sub}" if sub else base for sub, _ in op.named_modules())
     return members
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+@dataclass
+class StageSite:
+    """A stage as the analysis saw it: the module running two or more residual blocks in a row, the blocks'
+    branches (each a residual :class:`BlockSite`), its shapes, and the temporal factors it can run at."""
+
+    name: str
+    branches: list[BlockSite]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    keeps_frames: bool = False  # every op keeps the frame count, so the stage can run on every R-th frame
+    problem: str | None = None
+
+
+def _frames_out(module: nn.Module, shape: Sequence[int], frames: int) -> int | None:
+    param = next(module.parameters())
+    x = torch.zeros(1, shape[1], frames, *shape[3:], dtype=param.dtype, device=param.device)
+    try:
+        with torch.no_grad():
+            return int(module(x).shape[2])
+    except Exception:  # too few frames for some op: no temporal option
+        return None
+
+
+def find_stages(model: nn.Module, example: torch.Tensor, sites: Sequence[BlockSite],
+                factors: Sequence[int] = (2,)) -> list[StageSite]:
+    """The stages of ``model`` (the innermost modules that run two or more of the residual ``sites``), each with
+    its shapes and whether it keeps the frame count at ``factors``; ``model`` is run once on ``example``."""
+    residual = [s for s in sites if s.kind == "residual"]
+    holders = {}
+    for name, m in model.named_modules():
+        if not name or isinstance(m, (nn.ModuleList, nn.ModuleDict)):
+            continue
+        inside = [s for s in residual if s.owner == name or s.owner.startswith(name + ".")]
+        if len(inside) >= 2:
+            holders[name] = inside
+    innermost = [n for n in holders if not any(o != n and o.startswith(n + ".") for o in holders)]
+    shapes: dict[str, list[tuple]] = {n: [] for n in innermost}
+
+    def keep(name: str, args: tuple, out: Any) -> None:
+        shapes[name].append((tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else (),
+                             tuple(out.shape) if isinstance(out, torch.Tensor) else ()))
+
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, args, out, n=n: keep(n, args, out))
+             for n in innermost]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    stages = []
+    for name in innermost:
+        calls = shapes[name]
+        problem = None
+        if len(calls) != 1 or len(calls[0][0]) != 5 or len(calls[0][1]) != 5:
+            problem = "it is not called once on one clip-shaped tensor"
+        elif any(s.problem for s in holders[name]):
+            problem = next(s.problem for s in holders[name] if s.problem)
+        elif any(n in dict(model.get_submodule(name).named_children()) for n in RESERVED_NAMES):
+            problem = f"it has a submodule named {RESERVED_NAMES[0]!r} or {RESERVED_NAMES[1]!r}"
+        in_shape, out_shape = calls[0] if calls else ((), ())
+        keeps = False
+        if problem is None:
+            frames = in_shape[2]
+            stage = model.get_submodule(name)
+            keeps = out_shape[2] == frames and all(
+                _frames_out(stage, in_shape, -(-frames // r)) == -(-frames // r) for r in factors if frames >= r)
+        stages.append(StageSite(name, holders[name], in_shape, out_shape, keeps, problem))
+    return stages
+
+
+def place_stage(model: nn.Module, name: str, branches: Sequence[Sequence[str]], options: Sequence[Sequence[int]],
+                gate_hidden: int | None) -> str:
+    """Make the stage at ``name`` adaptive in ``model``, in place: each residual branch (its ops' qualified
+    names) becomes a :class:`~vared_convert.nn.stage.StageBranch` in its module, then the stage module is held
+    by an :class:`~vared_convert.nn.stage.AdaptiveStage` put in its place. Returns ``name``."""
+    from .nn import channel_count
+    from .recipe import replace_module
+
+    stage = model.get_submodule(name)
+    width = next(m for m in (model.get_submodule(op) for op in branches[0]) if isinstance(m, nn.Conv3d)).out_channels
+
+    def build(spec: Any, ops: Sequence[nn.Module], members: Sequence[str]) -> StageBranch:
+        own = next(m for m in ops if isinstance(m, nn.Conv3d)).out_channels
+        counts = [channel_count(o[1] / width, own) for o in options]
+        return StageBranch(ops, counts, members)
+
+    by_owner: dict[str, list[Any]] = {}
+    for ops in branches:
+        spec = BlockSite(ops=list(ops), kind="residual", owner=_owner(list(ops)), input_shape=(), output_shape=())
+        by_owner.setdefault(spec.owner, []).append(spec)
+    for owner_name, group in by_owner.items():
+        place_owner(model, owner_name, group, build)
+    first = next(m for m in stage.modules() if isinstance(m, nn.Conv3d))
+    last = [m for m in stage.modules() if isinstance(m, StageBranch)][-1]
+    out_channels = [m for m in last._run._ops if isinstance(m, nn.Conv3d)][-1].out_channels
+    param = next(stage.parameters())
+    adaptive = AdaptiveStage(stage, options, gate_hidden, in_channels=first.in_channels, out_channels=out_channels)
+    adaptive = adaptive.to(device=param.device, dtype=param.dtype)
+    adaptive.train(stage.training)
+    replace_module(model, name, adaptive)
+    return name
+

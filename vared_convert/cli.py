@@ -121,8 +121,10 @@ def convert(
     min_share: Annotated[float, typer.Option(help="Convs under this share of the model's FLOPs stay static.")] = 0.002,
     convert_stem: Annotated[bool, typer.Option(help="Also convert convs that read the input clip.")] = False,
     granularity: Annotated[str, typer.Option(help="block: one gate per block (residual branch, or conv + "
-                                             "per-channel ops), its option shrinking all the work inside; conv: "
-                                             "one gate per conv (the paper's form).")] = "block",
+                                             "per-channel ops), its option shrinking all the work inside; stage: "
+                                             "one gate per stage of residual blocks (a temporal option runs the "
+                                             "whole stage on every R-th frame), blocks elsewhere; conv: one gate "
+                                             "per conv (the paper's form).")] = "block",
     time_aware: Annotated[bool, typer.Option("--time-aware", help="Time each converted conv on --time-device and "
                                              "keep it static where its gate and cheapest option save under 10% "
                                              "of its time (FLOPs are not time: X3D's 1×1×1 convs on a CPU).")] = False,
@@ -161,8 +163,9 @@ def convert(
     for line in result.loaded.lines() if result.loaded else []:
         console.print(escape(line), highlight=False, soft_wrap=True)
 
-    if report.granularity == "block":
-        blocks = Table(title=f"Adaptive blocks ({len(report.converted_blocks)})", title_justify="left")
+    if report.granularity in ("block", "stage"):
+        what = "stages and blocks" if report.granularity == "stage" else "blocks"
+        blocks = Table(title=f"Adaptive {what} ({len(report.converted_blocks)})", title_justify="left")
         blocks.add_column("block", no_wrap=True)
         blocks.add_column("kind", no_wrap=True)
         blocks.add_column("ops")
@@ -170,13 +173,14 @@ def convert(
         blocks.add_column("options")
         blocks.add_column("share", justify="right", no_wrap=True, min_width=6)
         for d in report.converted_blocks:
-            ops = f"{d.ops[0].removeprefix(d.owner + '.')} … {d.ops[-1].removeprefix(d.owner + '.')} ({len(d.convs)} conv)"
+            ops = (f"{len(d.branches)} residual blocks ({len(d.convs)} conv)" if d.kind == "stage" else
+                   f"{d.ops[0].removeprefix(d.owner + '.')} … {d.ops[-1].removeprefix(d.owner + '.')} ({len(d.convs)} conv)")
             blocks.add_row(d.name, d.kind, ops, fmt_shape(d.input_shape), fmt_options(d.options, d.width),
                            f"{100 * d.share:.1f}%")
         console.print(blocks)
         fallback = [d for d in report.blocks if not d.converted]
         if fallback:
-            table = Table(title=f"Blocks left to the per-conv rules ({len(fallback)})", title_justify="left")
+            table = Table(title=f"{what.capitalize()} left to finer rules ({len(fallback)})", title_justify="left")
             table.add_column("block", no_wrap=True)
             table.add_column("share", justify="right")
             table.add_column("why")
@@ -205,10 +209,11 @@ def convert(
     if report.trace_failure:
         console.print(f"[yellow]note:[/] {escape(report.trace_failure)}; analysed with forward hooks and converted in place")
     in_blocks = sum(len(d.convs) for d in report.converted_blocks)
+    what = "stages and blocks" if report.granularity == "stage" else "blocks"
     console.print(
-        (f"{len(report.converted_blocks)} adaptive blocks ({in_blocks} convs) and " if report.granularity == "block"
+        (f"{len(report.converted_blocks)} adaptive {what} ({in_blocks} convs) and " if report.granularity != "conv"
          else "")
-        + f"{len(report.converted)} of {len(report.layers)} {'other ' if report.granularity == 'block' else ''}convs "
+        + f"{len(report.converted)} of {len(report.layers)} {'other ' if report.granularity != 'conv' else ''}convs "
         f"adaptive, holding "
         f"{100 * report.converted_flops_share:.1f}% of the model's {report.original_macs / 1e9:.2f} GFLOPs "
         f"(clip {fmt_shape(report.input_shape)}; FLOPs = multiply-adds)"
@@ -610,7 +615,7 @@ def demo(
     force: Annotated[bool, typer.Option(help="Replace an earlier demo run in --out (only the files it wrote), and an "
                                         "existing --json file.")] = False,
     as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON to this file.")] = None,
-    granularity: Annotated[str, typer.Option(help="vared convert --granularity: block or conv.")] = "block",
+    granularity: Annotated[str, typer.Option(help="vared convert --granularity: block, stage or conv.")] = "block",
 ) -> None:
     """The whole tool end to end on a synthetic dataset: train, convert, finetune, profile, export (CPU, no download)."""
     from rich.panel import Panel

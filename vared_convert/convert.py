@@ -63,7 +63,7 @@ DEFAULT_MAX_GATE_OVERHEAD = 0.05  # nor one whose gate would cost more than 5% o
 DEFAULT_MIN_OPTION_SAVING = 0.5  # nor one whose cheapest option, gate and rebuild included, saves under half
 DEFAULT_MIN_TIME_SAVING = 0.1  # time-aware rule: the cheapest option, gate included, must save 10% of the conv's time
 VERIFY_ATOL = 1e-5
-GRANULARITIES = ("block", "conv")
+GRANULARITIES = ("block", "conv", "stage")
 DEFAULT_GRANULARITY = "block"
 
 
@@ -295,6 +295,7 @@ class BlockDecision:
     reason: str | None = None
     gate_hidden: int = 0
     width: int = 0
+    branches: list[list[str]] = field(default_factory=list)  # a stage's residual branches
 
     @property
     def converted(self) -> bool:
@@ -479,6 +480,87 @@ def _decide_block(
     decision.options = [o.as_list() for o in options]
     decision.gate_hidden = probe.gate.hidden
     return decision
+
+
+def _stage_options(site: Any, first_width: int, shrinks: bool, temporal: Sequence[int],
+                   channel: Sequence[float]) -> list[ConvOption]:
+    """A stage's options: distinct computed frame counts (if the stage keeps the frame count) and channel counts
+    of its first branch's width (if a branch can shrink)."""
+    frames = site.input_shape[2]
+    factors, seen = [], set()
+    for factor in sorted(set(temporal)) if site.keeps_frames else [1]:
+        computed = math.ceil(frames / factor)
+        if computed not in seen:
+            seen.add(computed)
+            factors.append(factor)
+    counts = sorted({channel_count(r, first_width) for r in channel}, reverse=True) if shrinks else [first_width]
+    return [ConvOption(f, k) for f in factors for k in counts]
+
+
+def _decide_stages(original: nn.Module, example: torch.Tensor, block_sites: list[Any], total_macs: int,
+                   temporal: Sequence[int], channel: Sequence[float], only: Sequence[str], skip: Sequence[str],
+                   max_gate_overhead: float, min_option_saving: float) -> list[BlockDecision]:
+    """Every stage's fate (``granularity="stage"``): the stages are placed on a scratch copy to cost them; one that
+    cannot run as a stage, or fails the rules, leaves its blocks to the block rules (with the reason)."""
+    from .blocks import find_stages, place_stage
+    from .flops import stage_option_costs
+
+    scratch = _scratch(original)
+    stages = find_stages(scratch, example, block_sites, factors=[t for t in temporal if t > 1])
+    decisions = []
+    for site in stages:
+        branches = [list(b.ops) for b in site.branches]
+        convs = [f"{site.name}.{n}" for n, m in original.get_submodule(site.name).named_modules()
+                 if isinstance(m, nn.Conv3d)]
+        decision = BlockDecision("", site.name, [op for b in branches for op in b], "stage", convs,
+                                 site.input_shape[1:], site.output_shape[1:], 0, 0.0, branches=branches)
+        decisions.append(decision)
+        if site.problem is not None:
+            decision.reason = f"per-block: {site.problem}"
+            continue
+        ops = [[scratch.get_submodule(op) for op in b] for b in branches]
+        first = next(m for m in ops[0] if isinstance(m, nn.Conv3d))
+        shrinks = any(shrinks_channels(b, "residual") for b in ops)
+        options = _stage_options(site, first.out_channels, shrinks, temporal, channel)
+        decision.width = first.out_channels
+        if len(options) == 1:
+            decision.reason = "per-block: no cheaper option (the frame count changes inside, and no branch shrinks)"
+            continue
+        try:
+            place_stage(scratch, site.name, branches, [o.as_list() for o in options], None)
+        except (ValueError, TypeError, AttributeError, RuntimeError) as exc:
+            decision.reason = f"per-block: it could not be rewritten ({type(exc).__name__}: {_one_line(exc)})"
+            continue
+        probe = scratch.get_submodule(site.name)
+        costs = stage_option_costs(probe, (1, *site.input_shape[1:]))
+        decision.macs = costs[0].total
+        decision.share = decision.macs / total_macs if total_macs else 0.0
+        chosen = next((p for name in [site.name, *decision.ops] if (p := _matches(name, only))), None)
+        if only and chosen is None:
+            decision.reason = "per-block: not selected by --only"
+            continue
+        if (pattern := next((p for name in [site.name, *decision.ops] if (p := _matches(name, skip))), None)):
+            decision.reason = f"per-block: skipped by --skip {pattern}"
+            continue
+        gate = gate_macs(probe, (1, *site.input_shape[1:]))
+        if gate / max(decision.macs, 1) > max_gate_overhead and not chosen:
+            decision.reason = f"per-block: gate would cost more than {100 * max_gate_overhead:.2g}% of the stage"
+            continue
+        if (saving := _saving(min(c.total for c in costs) + gate, decision.macs)) < min_option_saving and not chosen:
+            decision.reason = (f"per-block: its cheapest option would save {100 * saving:.0f}% of the stage "
+                               f"(< {100 * min_option_saving:.0f}%)")
+            continue
+        decision.options = [o.as_list() for o in options]
+        decision.gate_hidden = probe.gate.hidden
+    return decisions
+
+
+def _place_stages(adaptive: nn.Module, decisions: list[BlockDecision]) -> None:
+    from .blocks import place_stage
+
+    for d in decisions:
+        if d.converted:
+            d.name = place_stage(adaptive, d.owner, d.branches, d.options, d.gate_hidden)
 
 
 def _find_blocks(model: nn.Module, example: torch.Tensor) -> tuple[list[Any], str | None]:
@@ -723,15 +805,23 @@ def convert(
     block_decisions: list[BlockDecision] = []
     block_failure = None
     adaptive = _scratch(original)
-    if granularity == "block":
+    if granularity in ("block", "stage"):
         block_sites, block_failure = _find_blocks(original, example)
-        block_decisions = [
+        if granularity == "stage" and block_sites:
+            block_decisions = _decide_stages(original, example, block_sites, total_macs, temporal, channel, only,
+                                             skip, max_gate_overhead, min_option_saving)
+            _place_stages(adaptive, block_decisions)
+        in_stages = {d.owner for d in block_decisions if d.converted}
+        block_decisions += [
             _decide_block(b, original, total_macs, temporal, channel, only, skip, min_flops_share,
                           max_gate_overhead, min_option_saving)
-            for b in block_sites if not b.is_stem
+            for b in block_sites if not b.is_stem and not any(b.owner == st or b.owner.startswith(st + ".")
+                                                              or any(op.startswith(st + ".") for op in b.ops)
+                                                              for st in in_stages)
         ]
-        _place_blocks(adaptive, block_decisions)
-    in_blocks = {f"{op}.{sub}" if sub else op for d in block_decisions if d.converted for op in d.ops
+        _place_blocks(adaptive, [d for d in block_decisions if d.kind != "stage"])
+    in_blocks = {f"{op}.{sub}" if sub else op for d in block_decisions if d.converted
+                 for op in (d.ops if d.kind != "stage" else [d.owner])
                  for sub, m in original.get_submodule(op).named_modules() if isinstance(m, nn.Conv3d)}
     decisions = [
         _decide(site, total_macs, temporal, channel, only, skip, min_flops_share, max_gate_overhead, convert_stem,
@@ -764,7 +854,7 @@ def convert(
         layers=[LayerRecipe(d.name, d.options, d.gate_hidden, d.macs) for d in decisions if d.converted],
         original_macs=total_macs,
         granularity=granularity,
-        blocks=[BlockRecipe(d.name, d.owner, d.ops, d.kind, d.options, d.gate_hidden, d.macs)
+        blocks=[BlockRecipe(d.name, d.owner, d.ops, d.kind, d.options, d.gate_hidden, d.macs, d.branches)
                 for d in block_decisions if d.converted],
     )
     adaptive.vared_info = ModelInfo(

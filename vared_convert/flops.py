@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .nn import AdaptiveBlock, AdaptiveLayer, DynamicConv3d, conv_output_frames
+from .nn.stage import AdaptiveStage
 
 __all__ = ["OptionCost", "PolicyCosts", "CostModel", "LayerCostTable", "count_macs", "conv_macs", "option_costs",
            "gate_macs", "VARED_HANDLES"]
@@ -100,6 +101,8 @@ def option_costs(layer: AdaptiveLayer, input_shape: Sequence[int]) -> list[Optio
     """Analytic cost of every option of ``layer`` (gate excluded) for an input (N, C, T, H, W)."""
     if isinstance(layer, AdaptiveBlock):
         return block_option_costs(layer, input_shape)
+    if isinstance(layer, AdaptiveStage):
+        return stage_option_costs(layer, input_shape)
     n = input_shape[0]
     _, h_out, w_out = _spatial_out(input_shape[2:], layer.kernel_size, layer.stride, layer.padding, layer.dilation)
     plane = h_out * w_out
@@ -153,6 +156,43 @@ def block_option_costs(block: AdaptiveBlock, input_shape: Sequence[int]) -> list
             channel_rebuild = missing * math.prod(rebuild.conv.kernel_size) * voxels
         frame_rebuild = block.out_channels * (option.temporal - 1) * 2 * voxels
         costs.append(OptionCost(conv, channel_rebuild, frame_rebuild, other))
+    return costs
+
+
+def stage_option_costs(stage: AdaptiveStage, input_shape: Sequence[int]) -> list[OptionCost]:
+    """Analytic cost of every option of an adaptive stage for an input (N, C, T, H, W): each branch at the
+    option's width (as a block's), the convs and BatchNorms outside the branches in full, all on the option's
+    frames, then φ_t at the stage's exit."""
+    n, frames = int(input_shape[0]), int(input_shape[2])
+    shapes = stage.input_shapes(input_shape)
+    branches = dict(zip(stage.branch_names, stage.branches()))
+    static = stage.static_modules()
+    costs = []
+    for index, option in enumerate(stage.options):
+        computed = -(-frames // option.temporal)
+
+        def at(shape: tuple[int, ...]) -> tuple[int, ...]:  # every op of a stage with temporal options keeps T
+            return shape if option.temporal == 1 else (shape[0], shape[1], computed, *shape[3:])
+
+        conv = other = 0
+        for name, branch_index in zip(stage.branch_names, stage._branch_index[index]):
+            cost = block_option_costs(branches[name]._run, at(shapes[name]))[branch_index]
+            conv, other = conv + cost.conv, other + cost.other
+        for name, module in static:
+            if name not in shapes:
+                continue
+            shape = at(shapes[name])
+            if isinstance(module, nn.Conv3d):
+                conv += conv_macs(module, shape)
+            else:
+                other += math.prod(shape) * (2 if module.weight is not None else 1)
+        last = shapes[stage.branch_names[-1]]
+        last_conv = [m for m in branches[stage.branch_names[-1]]._run._ops if isinstance(m, nn.Conv3d)]
+        size = [computed, *last[3:]]
+        for m in last_conv:  # the last branch's output size (its convs keep the frames)
+            size = _spatial_out(size, m.kernel_size, m.stride, m.padding, m.dilation)
+        frame_rebuild = stage.out_channels * (option.temporal - 1) * 2 * n * math.prod(size)
+        costs.append(OptionCost(conv, 0, frame_rebuild, other))
     return costs
 
 

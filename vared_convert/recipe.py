@@ -41,6 +41,7 @@ class BlockRecipe:
     options: list[list[int]]
     gate_hidden: int
     macs: int = 0  # the original ops' MACs at the recipe's input shape, batch 1
+    branches: list[list[str]] = field(default_factory=list)  # a stage's residual branches (their ops)
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Recipe:
     layers: list[LayerRecipe]
     original_macs: int  # the whole original model at input_shape, batch 1 (fvcore)
     extra: dict[str, Any] = field(default_factory=dict)
-    granularity: str = "conv"  # "conv" (one gate per conv) or "block" (one gate per block, per-conv elsewhere)
+    granularity: str = "conv"  # "conv" (one gate per conv), "block" or "stage" (one gate per block or stage)
     blocks: list[BlockRecipe] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,10 +19,12 @@ from .layer import (
 )
 from .policy import dynamic_convs, forced_policy, option_index, set_policy, set_temperature
 from .rebuild import ChannelRebuild, FrameRebuild, memory_format_of
+from .stage import AdaptiveStage, StageBranch
 
 __all__ = [
     "AdaptiveBlock",
     "AdaptiveLayer",
+    "AdaptiveStage",
     "ChannelRebuild",
     "ConvOption",
     "Decided",
@@ -32,6 +34,7 @@ __all__ = [
     "FrameRebuild",
     "INFER",
     "SoftModulationGate",
+    "StageBranch",
     "TRACE",
     "TRAIN",
     "adaptive_layers",
