@@ -6,7 +6,7 @@
 # 1. an environment: a virtualenv that reuses the machine's own CUDA build of torch when it has one (no
 #    download then), with vared installed in it (its dependencies from the package index when reachable);
 # 2. speed: benchmarks/bench_speed.py on CUDA in bf16, eager, at batch 1, 8 and 32, for r3d_18 and x3d_m, at block
-#    and conv granularity (original ms, adaptive ms, time ratio, FLOPs ratio, realised share), as a table and JSON;
+#    stage and conv granularity (original ms, adaptive ms, time ratio, FLOPs ratio, realised share), as a table and JSON;
 # 3. training: `vared finetune` on CUDA with --amp bf16 for a few steps, on the synthetic dataset, from an r3d_18
 #    with random weights converted by `vared convert`;
 # 4. a time budget: `vared profile --latency-table` on CUDA, then `vared finetune --cost latency` for a few steps.
@@ -43,9 +43,9 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cu
       "bf16", torch.cuda.is_bf16_supported())
 EOF
 
-echo "== speed: CUDA bf16, eager, batch 1/8/32, r3d_18 and x3d_m, block and conv granularity"
+echo "== speed: CUDA bf16, eager, batch 1/8/32, r3d_18 and x3d_m, block, stage and conv granularity"
 python benchmarks/bench_speed.py --device cuda --dtype bfloat16 --backends eager --models r3d_18,x3d_m \
-    --batches 1,8,32 --granularity block,conv --repeats 10 --malloc system | tee "$OUT/speed.txt"
+    --batches 1,8,32 --granularity block,stage,conv --repeats 10 --malloc system | tee "$OUT/speed.txt"
 python benchmarks/bench_speed.py --device cuda --dtype bfloat16 --backends eager --models r3d_18 \
     --batches 1 --granularity block --repeats 3 --quick --json > "$OUT/speed_quick.json"
 
@@ -58,7 +58,7 @@ import sys, torch, torchvision
 torch.manual_seed(0)
 torch.save(torchvision.models.video.r3d_18(num_classes=8).state_dict(), sys.argv[1])
 EOF
-for granularity in block conv; do
+for granularity in block stage conv; do
     vared convert "$OUT/r3d18_random.pth" --arch torchvision:r3d_18 --num-classes 8 --input-shape 3,8,112,112 \
         --granularity "$granularity" --out "$OUT/r3d18_${granularity}.pth" --force
     vared finetune "$OUT/r3d18_${granularity}.pth" --data "$DATA" --device cuda --amp bf16 --epochs 1 \

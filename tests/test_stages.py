@@ -187,3 +187,45 @@ def test_a_stage_whose_frame_count_changes_inside_keeps_only_channel_options_and
         decided = decide(reloaded, x)
         torch.testing.assert_close(decided.output, result.model(x), rtol=0, atol=0)
     assert any(c.any() for c in decided.decisions.choices([m for _, m in adaptive_layers(reloaded)]))
+
+
+class _BasicReusingItsReLU(torch.nn.Module):
+    """A residual block that calls one ReLU module twice, inside its branch and after the add (as torchvision's
+    2-D ResNet blocks do)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = torch.nn.Conv3d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm3d(channels)
+        self.relu = torch.nn.ReLU()
+        self.conv2 = torch.nn.Conv3d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm3d(channels)
+
+    def forward(self, x):
+        return self.relu(x + self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+
+
+class _ReusedReLUNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv3d(3, 8, (1, 3, 3), (1, 2, 2), (0, 1, 1))
+        self.layer = torch.nn.Sequential(_BasicReusingItsReLU(8), _BasicReusingItsReLU(8))
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.layer(self.stem(x)).mean(dim=(2, 3, 4)))
+
+
+@pytest.mark.parametrize("granularity", ["block", "stage"])
+def test_a_module_called_twice_is_matched_by_its_place_in_the_run(granularity):
+    """The branch's ReLU is the same module as the one after the add: the block is still found and rewritten."""
+    torch.manual_seed(0)
+    model = _ReusedReLUNet().eval()
+    result = convert(model, (3, 4, 16, 16), min_flops_share=0, granularity=granularity)
+    kinds = [d.kind for d in result.report.converted_blocks]
+    assert kinds == (["residual", "residual"] if granularity == "block" else ["stage"]), result.report.blocks
+    x = torch.randn(2, 3, 4, 16, 16)
+    with torch.no_grad(), forced_policy(result.model, (1, 1.0)):
+        torch.testing.assert_close(result.model(x), model(x), rtol=0, atol=1e-5)
+    with torch.no_grad(), forced_policy(result.model, (2, 0.5)):
+        assert result.model(x).shape == (2, 3)

@@ -181,17 +181,9 @@ def rewrite_owner(owner: nn.Module, blocks: Sequence[tuple[Sequence[str], nn.Mod
     """
     tracer = BlockTracer()
     graph = tracer.trace(owner)
-    by_target = {str(n.target): n for n in graph.nodes if n.op == "call_module"}
     attributes: dict[str, Any] = {}
     for index, (ops, block) in enumerate(blocks):
-        nodes = []
-        for name in ops:
-            if name not in by_target:
-                raise ValueError(f"{name} is not called in {type(owner).__name__}.forward")
-            nodes.append(by_target[name])
-        for before, after in zip(nodes, nodes[1:]):
-            if list(before.users) != [after] or _tensor_inputs(after) != [before]:
-                raise ValueError(f"{' → '.join(ops)} is not a linear run in {type(owner).__name__}.forward")
+        nodes = _linear_run(graph, ops, type(owner).__name__)
         target = block_module_name(index)
         attributes[target] = block
         with graph.inserting_before(nodes[0]):
@@ -214,6 +206,24 @@ def rewrite_owner(owner: nn.Module, blocks: Sequence[tuple[Sequence[str], nn.Mod
         rewritten.add_module(block_module_name(index), blocks[index][1])
     rewritten.train(owner.training)
     return rewritten
+
+
+def _linear_run(graph: fx.Graph, ops: Sequence[str], owner: str) -> list[fx.Node]:
+    """The call nodes of ``ops`` in ``graph``: the one call of the first, then each next op as the sole user of
+    the one before (a module called elsewhere too, like an activation reused after the residual add, is matched
+    by its place in the run, not by its name)."""
+    calls = [n for n in graph.nodes if n.op == "call_module" and str(n.target) == ops[0]]
+    if len(calls) != 1:
+        raise ValueError(f"{ops[0]} is called {len(calls)} times in {owner}.forward (a block starts with one call)")
+    nodes = calls
+    for name in ops[1:]:
+        users = list(nodes[-1].users)
+        after = users[0] if len(users) == 1 else None
+        if (after is None or after.op != "call_module" or str(after.target) != name
+                or _tensor_inputs(after) != [nodes[-1]]):
+            raise ValueError(f"{' → '.join(ops)} is not a linear run in {owner}.forward")
+        nodes.append(after)
+    return nodes
 
 
 def _get(root: nn.Module, target: str) -> Any:
