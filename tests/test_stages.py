@@ -164,17 +164,28 @@ def test_stage_export_has_an_if_per_gate_and_follows_pytorch_on_every_option(sta
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_a_stage_whose_frame_count_changes_inside_keeps_only_channel_options_and_reloads(tmp_path):
-    """r3d_18: layer1 keeps its frames (temporal and channel options); layer2–4 start with a temporal stride, so
-    they take channel options only. The checkpoint rebuilds the stages from the recipe."""
+def test_a_stage_with_a_temporal_stride_runs_on_every_other_frame_too_and_reloads(tmp_path):
+    """r3d_18: layer2–4 start with a temporal stride (8 → 4 → 2 → 1 frames at this clip). A temporal option still
+    runs a stage on every other frame where that halves its output frames (layer2, layer3), not where the output
+    is one frame either way (layer4). The checkpoint rebuilds the stages from the recipe."""
     torch.manual_seed(0)
     spec = ArchSpec("torchvision:r3d_18", num_classes=3)
     original = build_model(spec)
     result = convert(original, (3, 8, 32, 32), arch=spec, granularity="stage")
     options = {d.name: {tuple(o) for o in d.options} for d in result.report.converted_blocks}
     assert set(options) == {"layer1", "layer2", "layer3", "layer4"}
-    assert {t for t, _ in options["layer1"]} == {1, 2}
-    assert all({t for t, _ in options[name]} == {1} for name in ("layer2", "layer3", "layer4"))
+    assert [{t for t, _ in options[name]} for name in ("layer1", "layer2", "layer3", "layer4")] == [{1, 2}] * 3 + [{1}]
+    layer2 = result.model.get_submodule("layer2").eval()
+    x = torch.randn(2, 64, 8, 16, 16)
+    for option in range(layer2.num_options):
+        assert layer2.run_option(x, option).shape == (2, 128, 4, 8, 8)
+    costs = option_costs(layer2, (1, 64, 8, 16, 16))
+    half = costs[option_index(layer2, 2, 1.0)]
+    assert half.conv == pytest.approx(costs[0].conv / 2, rel=0.01)  # every op on half the frames
+    for o in range(layer2.num_options):  # the analytic costs, strided convs and all, are fvcore's
+        layer2.policy = o
+        assert count_macs(layer2, x[:1], vared_handles=False)[0] == costs[o].total, o
+    layer2.policy = None
     with torch.no_grad():
         for _, layer in adaptive_layers(result.model):
             layer.gate.fc2.weight.normal_(0, 5.0)

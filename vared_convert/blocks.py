@@ -298,7 +298,7 @@ class StageSite:
     branches: list[BlockSite]
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
-    keeps_frames: bool = False  # every op keeps the frame count, so the stage can run on every R-th frame
+    keeps_frames: bool = False  # every R-th frame in gives every R-th frame out: the stage can run on them
     problem: str | None = None
 
 
@@ -354,8 +354,8 @@ def find_stages(model: nn.Module, example: torch.Tensor, sites: Sequence[BlockSi
         if problem is None:
             frames = in_shape[2]
             stage = model.get_submodule(name)
-            keeps = out_shape[2] == frames and all(
-                _frames_out(stage, in_shape, -(-frames // r)) == -(-frames // r) for r in factors if frames >= r)
+            out = out_shape[2]  # with a temporal stride inside, every R-th frame in must give every R-th frame out
+            keeps = all(_frames_out(stage, in_shape, -(-frames // r)) == -(-out // r) for r in factors if frames >= r)
         stages.append(StageSite(name, holders[name], in_shape, out_shape, keeps, problem))
     return stages
 

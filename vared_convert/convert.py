@@ -484,9 +484,9 @@ def _decide_block(
 
 def _stage_options(site: Any, first_width: int, shrinks: bool, temporal: Sequence[int],
                    channel: Sequence[float]) -> list[ConvOption]:
-    """A stage's options: distinct computed frame counts (if the stage keeps the frame count) and channel counts
-    of its first branch's width (if a branch can shrink)."""
-    frames = site.input_shape[2]
+    """A stage's options: distinct computed output frame counts (if every R-th frame in gives every R-th frame out)
+    and channel counts of its first branch's width (if a branch can shrink)."""
+    frames = site.output_shape[2]
     factors, seen = [], set()
     for factor in sorted(set(temporal)) if site.keeps_frames else [1]:
         computed = math.ceil(frames / factor)
@@ -532,6 +532,9 @@ def _decide_stages(original: nn.Module, example: torch.Tensor, block_sites: list
             decision.reason = f"per-block: it could not be rewritten ({type(exc).__name__}: {_one_line(exc)})"
             continue
         probe = scratch.get_submodule(site.name)
+        if probe.output_frames(site.input_shape[2]) != site.output_shape[2]:
+            decision.reason = "per-block: its frame count does not follow its first residual branch"
+            continue
         costs = stage_option_costs(probe, (1, *site.input_shape[1:]))
         decision.macs = costs[0].total
         decision.share = decision.macs / total_macs if total_macs else 0.0

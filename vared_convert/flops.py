@@ -167,12 +167,16 @@ def stage_option_costs(stage: AdaptiveStage, input_shape: Sequence[int]) -> list
     shapes = stage.input_shapes(input_shape)
     branches = dict(zip(stage.branch_names, stage.branches()))
     static = stage.static_modules()
+    last = shapes[stage.branch_names[-1]]
+    plane = last[3:]
+    for m in (m for m in branches[stage.branch_names[-1]]._run._ops if isinstance(m, nn.Conv3d)):
+        plane = _spatial_out([1, *plane], m.kernel_size, m.stride, m.padding, m.dilation)[1:]  # the exit's H×W
     costs = []
     for index, option in enumerate(stage.options):
-        computed = -(-frames // option.temporal)
+        r = option.temporal
 
-        def at(shape: tuple[int, ...]) -> tuple[int, ...]:  # every op of a stage with temporal options keeps T
-            return shape if option.temporal == 1 else (shape[0], shape[1], computed, *shape[3:])
+        def at(shape: tuple[int, ...]) -> tuple[int, ...]:  # every op runs on every R-th frame of its full input
+            return (shape[0], shape[1], -(-shape[2] // r), *shape[3:])
 
         conv = other = 0
         for name, branch_index in zip(stage.branch_names, stage._branch_index[index]):
@@ -186,12 +190,8 @@ def stage_option_costs(stage: AdaptiveStage, input_shape: Sequence[int]) -> list
                 conv += conv_macs(module, shape)
             else:
                 other += math.prod(shape) * (2 if module.weight is not None else 1)
-        last = shapes[stage.branch_names[-1]]
-        last_conv = [m for m in branches[stage.branch_names[-1]]._run._ops if isinstance(m, nn.Conv3d)]
-        size = [computed, *last[3:]]
-        for m in last_conv:  # the last branch's output size (its convs keep the frames)
-            size = _spatial_out(size, m.kernel_size, m.stride, m.padding, m.dilation)
-        frame_rebuild = stage.out_channels * (option.temporal - 1) * 2 * n * math.prod(size)
+        computed = -(-stage.output_frames(frames) // r)
+        frame_rebuild = stage.out_channels * (r - 1) * 2 * n * computed * math.prod(plane)
         costs.append(OptionCost(conv, 0, frame_rebuild, other))
     return costs
 

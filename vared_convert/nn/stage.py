@@ -6,7 +6,8 @@ everything inside the stage:
 
 * Temporal option ``R``: the stage's input is subsampled once (every R-th frame), the whole stage runs on those
   frames (residual branches, shortcut convs, residual adds and activations), and φ_t rebuilds the frames once, at
-  the stage's exit. Needs every op of the stage to keep the frame count.
+  the stage's exit. Needs the stage to map ``ceil(T/R)`` input frames to ``ceil(T'/R)`` output frames where it maps
+  ``T`` to ``T'`` (it keeps the frame count, or a temporal stride divides it).
 * Channel option ``r``: every residual branch in the stage runs at inner width ``ceil(r·C)`` as an adaptive block's
   channel option does (:class:`StageBranch`); the residual stream keeps its width, so nothing is rebuilt.
 
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .block import AdaptiveBlock, shrinks_channels
-from .dynamic_conv import ConvOption, channel_count
+from .dynamic_conv import ConvOption, channel_count, conv_output_frames
 from .gate import SoftModulationGate, default_gate_hidden
 from .layer import AdaptiveLayer
 from .rebuild import FrameRebuild
@@ -125,6 +126,7 @@ class AdaptiveStage(AdaptiveLayer):
         for name, buffer in stage.named_buffers(recurse=False):
             self.register_buffer(name, buffer)
         self.in_channels, self.out_channels = in_channels, out_channels
+        self._frame_convs = tuple(m for m in branches[0]._run._ops if isinstance(m, nn.Conv3d))
         self.width = branches[0].width  # the channel ratio's reference: the first branch's inner width
 
         opts = [o if isinstance(o, ConvOption) else ConvOption(int(o[0]), int(o[1])) for o in options]
@@ -188,6 +190,10 @@ class AdaptiveStage(AdaptiveLayer):
         return self
 
     def output_frames(self, frames: int) -> int:
+        """The stage's output frame count: its first branch's convs applied in turn (the residual stream follows
+        the branch)."""
+        for conv in self._frame_convs:
+            frames = conv_output_frames(frames, conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0])
         return frames
 
     def _traced(self) -> fx.Graph:
@@ -226,7 +232,7 @@ class AdaptiveStage(AdaptiveLayer):
         o = self.options[option]
         specs = tuple((index, fast, conv3d) for index in self._branch_index[option])
         with torch.no_grad() if fast else contextlib.nullcontext():
-            frames = x.shape[2]
+            frames = self.output_frames(x.shape[2])
             y = self._stage_forward()(self, x[:, :, :: o.temporal] if o.temporal > 1 else x, specs)
             if o.temporal > 1:
                 y = self.rebuild_frames[self.temporal_factors.index(o.temporal)].expand([y], frames, fast)
