@@ -165,9 +165,9 @@ def test_stage_export_has_an_if_per_gate_and_follows_pytorch_on_every_option(sta
 
 
 def test_a_stage_with_a_temporal_stride_runs_on_every_other_frame_too_and_reloads(tmp_path):
-    """r3d_18: layer2–4 start with a temporal stride (8 → 4 → 2 → 1 frames at this clip). A temporal option still
-    runs a stage on every other frame where that halves its output frames (layer2, layer3), not where the output
-    is one frame either way (layer4). The checkpoint rebuilds the stages from the recipe."""
+    """r3d_18: layer2–4 start with a temporal stride (8 → 4 → 2 → 1 frames at this clip). A temporal option
+    still runs a stage on every other frame where that halves its output frames (layer2, layer3), not where the
+    output is one frame either way (layer4). The checkpoint rebuilds the stages from the recipe."""
     torch.manual_seed(0)
     spec = ArchSpec("torchvision:r3d_18", num_classes=3)
     original = build_model(spec)

@@ -382,11 +382,8 @@ def place_stage(model: nn.Module, name: str, branches: Sequence[Sequence[str]], 
         by_owner.setdefault(spec.owner, []).append(spec)
     for owner_name, group in by_owner.items():
         place_owner(model, owner_name, group, build)
-    first = next(m for m in stage.modules() if isinstance(m, nn.Conv3d))
-    last = [m for m in stage.modules() if isinstance(m, StageBranch)][-1]
-    out_channels = [m for m in last._run._ops if isinstance(m, nn.Conv3d)][-1].out_channels
     param = next(stage.parameters())
-    adaptive = AdaptiveStage(stage, options, gate_hidden, in_channels=first.in_channels, out_channels=out_channels)
+    adaptive = AdaptiveStage(stage, options, gate_hidden)
     adaptive = adaptive.to(device=param.device, dtype=param.dtype)
     adaptive.train(stage.training)
     replace_module(model, name, adaptive)

@@ -13,7 +13,8 @@ everything inside the stage:
 
 The stage's own module is traced once with torch.fx; :meth:`AdaptiveStage.run_option` runs the code generated
 from that graph, which looks each module up by name when it runs and hands each branch the option's index as an
-argument (no state is set on the branches). The stage's submodules stay registered under their own names, so every state_dict key survives.
+argument (no state is set on the branches). The stage's submodules stay registered under their own names, so every
+state_dict key survives.
 """
 
 from __future__ import annotations
@@ -103,9 +104,6 @@ class AdaptiveStage(AdaptiveLayer):
         stage: nn.Module,
         options: Sequence[ConvOption | Sequence[int]],
         gate_hidden: int | None = None,
-        *,
-        in_channels: int,
-        out_channels: int,
     ):
         super().__init__()
         clash = [n for n in RESERVED_NAMES if n in dict(stage.named_children())]
@@ -125,7 +123,9 @@ class AdaptiveStage(AdaptiveLayer):
             self.register_parameter(name, param)
         for name, buffer in stage.named_buffers(recurse=False):
             self.register_buffer(name, buffer)
-        self.in_channels, self.out_channels = in_channels, out_channels
+        # the first branch reads the stage's input; the last one's last conv writes its output width
+        last_convs = [m for m in branches[-1]._run._ops if isinstance(m, nn.Conv3d)]
+        self.in_channels, self.out_channels = branches[0].in_channels, last_convs[-1].out_channels
         self._frame_convs = tuple(m for m in branches[0]._run._ops if isinstance(m, nn.Conv3d))
         self.width = branches[0].width  # the channel ratio's reference: the first branch's inner width
 
@@ -142,8 +142,9 @@ class AdaptiveStage(AdaptiveLayer):
         # each option's index in every branch (a ratio of the first branch's width, applied to each branch's)
         self._branch_index = [tuple(b.index_of(o.channels / self.width) for b in branches) for o in opts]
         self.temporal_factors = sorted({o.temporal for o in opts if o.temporal > 1})
-        self.rebuild_frames = nn.ModuleList(FrameRebuild(out_channels, r) for r in self.temporal_factors)
-        self.gate = SoftModulationGate(in_channels, len(opts), gate_hidden or default_gate_hidden(in_channels))
+        self.rebuild_frames = nn.ModuleList(FrameRebuild(self.out_channels, r) for r in self.temporal_factors)
+        hidden = gate_hidden or default_gate_hidden(self.in_channels)
+        self.gate = SoftModulationGate(self.in_channels, len(opts), hidden)
         self._stage_forward()
         self._shapes: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
 
@@ -175,12 +176,16 @@ class AdaptiveStage(AdaptiveLayer):
 
             hooks = [m.register_forward_hook(lambda mod, args, out, n=n: keep(n, args)) for n, m in watched]
             param = next(self.stage.parameters())
+            modes = [(m, m.training) for m in self.stage.modules()]
+            self.stage.eval()  # zeros must not reach the BatchNorms' running statistics
             try:
                 with torch.no_grad():
                     self.stage(torch.zeros(1, *key, device=param.device, dtype=param.dtype))
             finally:
                 for h in hooks:
                     h.remove()
+                for m, mode in modes:
+                    m.training = mode
             self._shapes[key] = shapes
         return {n: (int(input_shape[0]), *s) for n, s in shapes.items()}
 
