@@ -91,6 +91,13 @@ def test_stage_option_costs_match_fvcore_on_the_stage_forced_to_each_option(stag
     stage.policy = None
     assert costs[option_index(stage, 2, 0.5)].conv < 0.3 * costs[0].conv
     assert gate_macs(stage, x.shape) < 0.05 * costs[0].total
+    # costing a new clip shape in training leaves the BatchNorms' statistics and modes as they were
+    stage.train()
+    before = copy.deepcopy(stage.state_dict())
+    option_costs(stage, (1, 8, 4, 12, 12))
+    assert all(torch.equal(before[k], v) for k, v in stage.state_dict().items())
+    assert all(m.training for m in stage.modules())
+    stage.eval()
 
 
 def test_straight_through_training_has_the_gradients_of_the_weighted_sum_of_all_options(staged):
