@@ -499,7 +499,7 @@ def _stage_options(site: Any, first_width: int, shrinks: bool, temporal: Sequenc
 
 def _decide_stages(original: nn.Module, example: torch.Tensor, block_sites: list[Any], total_macs: int,
                    temporal: Sequence[int], channel: Sequence[float], only: Sequence[str], skip: Sequence[str],
-                   max_gate_overhead: float, min_option_saving: float) -> list[BlockDecision]:
+                   min_share: float, max_gate_overhead: float, min_option_saving: float) -> list[BlockDecision]:
     """Every stage's fate (``granularity="stage"``): the stages are placed on a scratch copy to cost them; one that
     cannot run as a stage, or fails the rules, leaves its blocks to the block rules (with the reason)."""
     from .blocks import find_stages, place_stage
@@ -544,6 +544,9 @@ def _decide_stages(original: nn.Module, example: torch.Tensor, block_sites: list
             continue
         if (pattern := next((p for name in [site.name, *decision.ops] if (p := _matches(name, skip))), None)):
             decision.reason = f"per-block: skipped by --skip {pattern}"
+            continue
+        if decision.share < min_share and not chosen:
+            decision.reason = f"per-block: too cheap (under {100 * min_share:.2g}% of the model's FLOPs)"
             continue
         gate = gate_macs(probe, (1, *site.input_shape[1:]))
         if gate / max(decision.macs, 1) > max_gate_overhead and not chosen:
@@ -812,15 +815,13 @@ def convert(
         block_sites, block_failure = _find_blocks(original, example)
         if granularity == "stage" and block_sites:
             block_decisions = _decide_stages(original, example, block_sites, total_macs, temporal, channel, only,
-                                             skip, max_gate_overhead, min_option_saving)
+                                             skip, min_flops_share, max_gate_overhead, min_option_saving)
             _place_stages(adaptive, block_decisions)
-        in_stages = {d.owner for d in block_decisions if d.converted}
+        stages = [d.owner + "." for d in block_decisions if d.converted]
         block_decisions += [
             _decide_block(b, original, total_macs, temporal, channel, only, skip, min_flops_share,
                           max_gate_overhead, min_option_saving)
-            for b in block_sites if not b.is_stem and not any(b.owner == st or b.owner.startswith(st + ".")
-                                                              or any(op.startswith(st + ".") for op in b.ops)
-                                                              for st in in_stages)
+            for b in block_sites if not b.is_stem and not any(op.startswith(tuple(stages)) for op in b.ops)
         ]
         _place_blocks(adaptive, [d for d in block_decisions if d.kind != "stage"])
     in_blocks = {f"{op}.{sub}" if sub else op for d in block_decisions if d.converted
