@@ -4,7 +4,8 @@ dataset, converted at each granularity and finetuned with the demo's settings to
 The network (``tiny_resnet`` below: a stem and three stages of two 3×3×3 residual blocks, 16/32/64 channels) has
 stages, which the demo's ``tiny_c3d`` has not, so ``stage`` can be compared with ``block`` (and ``conv``). Every run
 has the same data, baseline, seed and training budget; the printed top-1 and FLOPs ratio are on the validation
-clips after the finetune's calibration, as ``vared finetune`` reports them.
+clips after the finetune's calibration, as ``vared finetune`` reports them; the rows are also written to
+``OUT/granularity_<granularities>.json``.
 
     python benchmarks/bench_granularity.py [--out DIR] [--targets 0.6,0.4] [--granularities block,stage]
         [--threads N] [--quick]
@@ -18,7 +19,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -143,11 +144,16 @@ def main() -> None:
     base, original = baseline(out, args.quick)
     print(f"# tiny_resnet on the demo's dataset ({out / 'data'}): original top-1 {original:.1f}", flush=True)
     print(f"{'granularity':<12} {'target':>6} {'top-1':>6} {'FLOPs ratio':>11} {'gates':>5} {'minutes':>7}", flush=True)
+    rows = []
     for target in (float(t) for t in args.targets.split(",")):
         for granularity in args.granularities.split(","):
             r = run(out, base, granularity, target, args.quick)
+            rows.append(r)
             print(f"{r.granularity:<12} {r.target:>6g} {r.top1:>6.1f} {r.flops_ratio:>11.3f} {r.gates:>5} "
                   f"{r.minutes:>7.1f}", flush=True)
+    summary = out / f"granularity_{'_'.join(args.granularities.split(','))}.json"
+    summary.write_text(json.dumps({"original_top1": original, "rows": [asdict(r) for r in rows]}, indent=2))
+    print(f"# wrote {summary}")
 
 
 if __name__ == "__main__":
