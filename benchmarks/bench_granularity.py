@@ -2,7 +2,7 @@
 dataset, converted at each granularity and finetuned with the demo's settings to the same FLOPs targets.
 
 The network (``tiny_resnet`` below: a stem and three stages of two 3×3×3 residual blocks, 16/32/64 channels) has
-stages, which the demo's ``tiny_c3d`` has not, so ``stage`` can be compared with ``block`` (and ``conv``). Every run
+stages, which the demo's network has not, so ``stage`` can be compared with ``block`` (and ``conv``). Every run
 has the same data, baseline, seed and training budget; the printed top-1 and FLOPs ratio are on the validation
 clips after the finetune's calibration, as ``vared finetune`` reports them; the rows are also written to
 ``OUT/granularity_<granularities>.json``.

@@ -29,7 +29,7 @@ import torch
 def build_demo_model(out: Path, quick: bool, seed: int = 0) -> tuple[Path, Path]:
     """The demo's steps 1-3 (data, baseline, convert) with its settings: ``(dataset root, converted model)``."""
     from vared_convert.api import convert_checkpoint
-    from vared_convert.baseline import tiny_c3d
+    from vared_convert.baseline import demo_c3d
     from vared_convert.checkpoint import save_torch_file
     from vared_convert.data.dataset import VideoClipDataset, make_loader
     from vared_convert.data.synthetic import write_synthetic_dataset
@@ -45,7 +45,7 @@ def build_demo_model(out: Path, quick: bool, seed: int = 0) -> tuple[Path, Path]
     clip = dict(frames=s.frames, stride=s.stride, size=s.size, normalization="kinetics")
     train_set = VideoClipDataset.from_index(index, "train", clips_per_video=s.baseline_clips, seed=seed, **clip)
     loader = make_loader(train_set, s.batch_size, 2, shuffle=True, drop_last=True, seed=seed)
-    baseline = tiny_c3d(num_classes=len(index.classes), width=s.width)
+    baseline = demo_c3d(num_classes=len(index.classes), width=s.width)
 
     def epochs(epoch: int):
         loader.set_epoch(epoch)

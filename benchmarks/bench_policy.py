@@ -24,8 +24,8 @@ Prints the table, writes ``policy.json`` and the accuracy-against-FLOPs plot ``p
     python benchmarks/bench_policy.py [DATA] [--model CONVERTED.pth] [--targets 0.5,0.55,0.75] [--epochs 16]
     python benchmarks/bench_policy.py --quick --out /tmp/bp     # a tiny end-to-end run (the test runs it)
 
-Without DATA, the demo's synthetic dataset is written into ``--out``; without ``--model``, the demo's baseline
-(tiny_c3d) is trained on DATA and converted (block granularity).
+Without DATA, the demo's synthetic dataset is written into ``--out``; without ``--model``, vared's
+``tiny_c3d`` (the demo's network until 2026-12-07) is trained on DATA and converted (block granularity).
 """
 
 from __future__ import annotations

@@ -265,3 +265,33 @@ def test_time_aware_rule_keeps_static_what_would_not_save_time():
     assert timed.report.max_abs_error == 0.0
     assert [layer.name for layer in timed.recipe.layers] == [d.name for d in timed.report.converted]
 
+
+
+class _CheapAndDearBlocks(nn.Module):
+    """_CheapAndDearConvs with its pointwise and dear convs each followed by a BatchNorm and a ReLU: chain blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv3d(3, 4, 1)
+        self.pointwise = nn.Sequential(nn.Conv3d(4, 4, 1, bias=False), nn.BatchNorm3d(4), nn.ReLU())
+        self.down = nn.Conv3d(4, 64, (1, 4, 4), stride=(1, 4, 4))
+        self.dear = nn.Sequential(nn.Conv3d(64, 64, 3, padding=1, bias=False), nn.BatchNorm3d(64), nn.ReLU())
+
+    def forward(self, x):
+        return self.dear(self.down(self.pointwise(self.stem(x))))
+
+
+def test_time_aware_rule_sends_blocks_that_would_not_save_time_to_the_per_conv_rules():
+    model = _CheapAndDearBlocks().eval()
+    rules = dict(granularity="block", min_flops_share=0, max_gate_overhead=1.0, min_option_saving=-10.0)
+    cheap_ops, dear_ops = ("pointwise.0", "pointwise.1", "pointwise.2"), ("dear.0", "dear.1", "dear.2")
+    plain = convert(model, (3, 16, 96, 96), **rules)
+    assert {cheap_ops, dear_ops} <= {tuple(d.ops) for d in plain.report.converted_blocks}
+    timed = convert(model, (3, 16, 96, 96), **rules, time_aware=True)
+    blocks = {tuple(d.ops): d for d in timed.report.blocks}
+    assert blocks[dear_ops].converted
+    assert not blocks[cheap_ops].converted and "no time to save" in blocks[cheap_ops].reason
+    # its conv went on to the per-conv rules, whose own timing keeps it static too
+    assert "pointwise.0" not in {d.name for d in timed.report.converted}
+    assert not any(isinstance(m, AdaptiveLayer) for m in timed.model.pointwise.modules())
+    assert timed.report.max_abs_error == 0.0

@@ -130,7 +130,7 @@ def profile_checkpoint(
     import torch
 
     from .profile import profile_dataset, profile_model
-    from .timing import resolve_device
+    from .timing import cpu_threads, resolve_device
 
     outputs = [("--json", json_out), ("--plot", plot), ("--latency-table", latency_table)]
     _distinct(outputs)
@@ -156,10 +156,7 @@ def profile_checkpoint(
         if not adaptive_layers(model):
             raise VaredError("--latency-table needs a converted model (this one has no adaptive layer); run vared "
                              "convert first")
-    threads_before = torch.get_num_threads()
-    if threads is not None and target.type == "cpu":
-        torch.set_num_threads(threads)
-    try:
+    with cpu_threads(threads if target.type == "cpu" else None):
         if data is None:
             report = profile_model(model, input_shape, option=option, latency=latency, repeats=repeats,
                                    conv_kernel=conv_kernel)
@@ -173,8 +170,6 @@ def profile_checkpoint(
             report.latency_table = measure_latency_table(model, report.input_shape, target, repeats=repeats,
                                                          conv_kernel=conv_kernel)
             report.latency_table.save(latency_table, force=True, inputs=[model_path])
-    finally:
-        torch.set_num_threads(threads_before)
     if json_out is not None:
         write_json(json_out, report.to_dict(), force=True, inputs=[model_path])
     if plot is not None:

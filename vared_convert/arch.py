@@ -5,7 +5,7 @@ Names:
 * ``torchvision:NAME`` -- ``r3d_18``, ``mc3_18``, ``r2plus1d_18``, ``s3d``;
 * ``pytorchvideo:NAME`` -- ``i3d_r50``, ``slow_r50``, ``c2d_r50``, ``x3d_xs``, ``x3d_s``, ``x3d_m``, ``x3d_l``,
   ``r2plus1d_r50``, ``csn_r101``, ``slowfast_r50`` (needs the ``pytorchvideo`` extra);
-* ``vared:tiny_c3d`` -- vared's own small 3D CNN (the demo's baseline);
+* ``vared:tiny_c3d``, ``vared:demo_c3d`` -- vared's own small 3D CNNs (the second is the demo's baseline);
 * ``module.path:factory`` -- any importable callable returning an ``nn.Module`` (your own architecture).
 
 The first three kinds form the *registry*: building one runs only code that ships with torchvision, pytorchvideo
@@ -49,6 +49,7 @@ KNOWN_ARCHS: dict[str, tuple[tuple[int, int, int, int], str]] = {
     "pytorchvideo:csn_r101": ((3, 32, 224, 224), "kinetics"),
     "pytorchvideo:slowfast_r50": ((3, 32, 224, 224), "kinetics"),
     "vared:tiny_c3d": ((3, 8, 56, 56), "kinetics"),
+    "vared:demo_c3d": ((3, 8, 56, 56), "kinetics"),
 }
 # names earlier vared versions recorded for registry architectures
 ALIASES = {"vared_convert.baseline:tiny_c3d": "vared:tiny_c3d"}
@@ -152,12 +153,12 @@ def _build_pytorchvideo(name: str, spec: ArchSpec) -> nn.Module:
 
 
 def _build_vared(name: str, spec: ArchSpec) -> nn.Module:
-    from .baseline import tiny_c3d
+    from .baseline import demo_c3d, tiny_c3d
 
     kwargs = dict(spec.kwargs)
     if spec.num_classes is not None:
         kwargs["num_classes"] = spec.num_classes
-    return {"tiny_c3d": tiny_c3d}[name](**kwargs)
+    return {"tiny_c3d": tiny_c3d, "demo_c3d": demo_c3d}[name](**kwargs)
 
 
 def _call_factory(spec: ArchSpec, factory: Any, what: str, kwargs: dict[str, Any]) -> nn.Module:

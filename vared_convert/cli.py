@@ -125,9 +125,10 @@ def convert(
                                              "one gate per stage of residual blocks (a temporal option runs the "
                                              "whole stage on every R-th frame), blocks elsewhere; conv: one gate "
                                              "per conv (the paper's form).")] = "block",
-    time_aware: Annotated[bool, typer.Option("--time-aware", help="Time each converted conv on --time-device and "
-                                             "keep it static where its gate and cheapest option save under 10% "
-                                             "of its time (FLOPs are not time: X3D's 1×1×1 convs on a CPU).")] = False,
+    time_aware: Annotated[bool, typer.Option("--time-aware", help="Time each converted block and conv on "
+                                             "--time-device and keep it static where its gate and cheapest option "
+                                             "save under 10% of its time (FLOPs are not time: X3D's 1×1×1 convs "
+                                             "on a CPU).")] = False,
     time_device: Annotated[str, typer.Option(help="Device for --time-aware: cpu, cuda or auto.")] = "cpu",
     classes: Annotated[Optional[Path], typer.Option(help="Text file with the class names, one per line.")] = None,
     trust_pickle: Annotated[bool, typer.Option(help="Load the Python objects a checkpoint pickles (runs code from "
@@ -651,7 +652,8 @@ def demo(
     table.add_row("GFLOPs per clip", f"{result.original_gflops:.4f}", f"{result.adaptive_gflops:.4f}")
     table.add_row(f"FLOPs ratio (target {result.target_flops:g})", "1.000", f"{result.flops_ratio:.3f}")
     if result.latency:
-        table.add_row(f"CPU latency, ms ({result.latency['threads']} threads, batch 1)",
+        threads = result.latency["threads"]
+        table.add_row(f"CPU latency, ms ({threads} thread{'s' if threads != 1 else ''}, batch 1)",
                       f"{result.latency['original_ms']:.2f}", f"{result.latency['adaptive_ms']:.2f}")
     table.add_row("every gate at its cheapest option: top-1 (%)", "", f"{result.cheapest_top1:.1f}")
     table.add_row(escape(f"best static policy at FLOPs {result.static_flops_ratio:.3f} ({result.static_kind}: "
@@ -659,11 +661,10 @@ def demo(
     console.print(table)
     if result.latency and result.latency["time_ratio"] >= 1:
         console.print(f"[yellow]time ratio {result.latency['time_ratio']:.2f} for a FLOPs ratio of "
-                      f"{result.flops_ratio:.2f}: this toy network runs in about a millisecond, where the fixed "
-                      "costs of each gate (about twenty small eager ops: a grid pooling, two sums, two tiny linears, "
-                      "one decision) and of each block's rebuild (a few small memory passes) outweigh what its layer "
-                      "saves. "
-                      "For real models see the README's Speed section (r3d_18: bench_speed.py).[/]", highlight=False)
+                      f"{result.flops_ratio:.2f}: on this machine the fixed costs of each gate (about twenty small "
+                      "eager ops: a grid pooling, two sums, two tiny linears, one decision) and of each block's "
+                      "rebuild (a few small memory passes) outweigh what its layer saves. For real models see the "
+                      "README's Speed section (r3d_18: bench_speed.py).[/]", highlight=False)
     decisions = Table(title="What each class chose (share of layer decisions)", title_justify="left")
     decisions.add_column("class")
     decisions.add_column("kind")

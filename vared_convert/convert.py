@@ -24,7 +24,7 @@ import fnmatch
 import math
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.fx as fx
@@ -36,10 +36,11 @@ from torch.utils._pytree import tree_flatten
 from .arch import ArchSpec
 from .checks import number
 from .errors import VaredError
-from .flops import conv_macs, count_macs, gate_macs, option_costs
+from .flops import block_option_costs, conv_macs, count_macs, gate_macs, option_costs
 from .nn import (AdaptiveBlock, AdaptiveLayer, ConvOption, DynamicConv3d, channel_count, conv_output_frames,
                  default_gate_hidden, forced_policy)
 from .nn.block import keeps_frames, shrinks_channels
+from .nn.kernels import resolve_kernel, set_conv_kernel
 from .recipe import BlockRecipe, LayerRecipe, ModelInfo, Recipe, model_info, replace_module
 
 __all__ = [
@@ -439,8 +440,6 @@ def _decide_block(
     max_gate_overhead: float,
     min_option_saving: float = DEFAULT_MIN_OPTION_SAVING,
 ) -> BlockDecision:
-    from .flops import block_option_costs
-
     ops = [model.get_submodule(name) for name in site.ops]
     decision = BlockDecision("", site.owner, list(site.ops), site.kind, list(site.conv_names), site.input_shape[1:],
                              site.output_shape[1:], 0, 0.0)
@@ -616,39 +615,80 @@ def _time_rule(
     and channels are passes over memory that can cost more than the conv (X3D on the CPU). On the CPU freed memory
     is kept for reuse while timing, as ``vared profile --latency`` and latency tables time: with glibc's defaults a
     process's first calls page-fault every large buffer in, which made a 0.3 ms conv take 24 ms here."""
+    for d in decisions:
+        if not d.converted or _matches(d.name, only):
+            continue
+        layer = adaptive.get_submodule(d.name)
+        home, kernel_before = layer.weight.device, layer.conv_kernel
+        layer.to(device).eval()  # in place: moved back below
+        set_conv_kernel(layer, resolve_kernel("auto", device))
+        conv3d = layer.conv3d_function(fast=True)
+
+        def full_call(x: torch.Tensor) -> None:
+            conv3d(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+        timed = _time_cheapest(layer, option_costs, full_call, d.input_shape, device, min_saving)
+        layer.to(home)
+        layer.conv_kernel = kernel_before
+        if timed is not None:
+            replace_module(adaptive, d.name, copy.deepcopy(original.get_submodule(d.name)))
+            d.options, d.gate_hidden = None, 0
+            d.reason = (f"no time to save on {device.type}: gate + cheapest option {timed[1]:.2f} ms vs the conv "
+                        f"{timed[0]:.2f} ms")
+
+
+def _time_cheapest(layer: AdaptiveLayer, costs_of: Callable[..., list], full_call: Callable[[torch.Tensor], object],
+                   input_shape: Sequence[int], device: torch.device, min_saving: float) -> tuple[float, float] | None:
+    """Time ``layer``'s gate plus its cheapest option against ``full_call`` (the original computation) at batch 1 on
+    ``device``; ``(full ms, cheapest ms)`` where that saves under ``min_saving`` of the time, else ``None``."""
     from .predict import inference_memory_format
     from .timing import measure_interleaved, retain_freed_memory
 
     if device.type == "cpu":
         retain_freed_memory()
-    layout = inference_memory_format(device)
+    x = torch.randn(1, *input_shape, device=device).contiguous(memory_format=inference_memory_format(device))
+    costs = costs_of(layer, x.shape)
+    cheapest = min(range(layer.num_options), key=lambda o: costs[o].total)
+
+    def adaptive_call() -> None:
+        layer.gate.infer(x)  # as eager inference runs it
+        layer.run_option(x, cheapest)
+
+    timings = measure_interleaved({"full": lambda: full_call(x), "cheapest": adaptive_call}, device, warmup=2,
+                                  repeats=7)
+    # the fastest round of each: background load only ever adds time, and adds it unevenly to short calls
+    full_ms, cheapest_ms = timings["full"].min_ms, timings["cheapest"].min_ms
+    return (full_ms, cheapest_ms) if cheapest_ms > (1 - min_saving) * full_ms else None
+
+
+def _block_time_rule(original: nn.Module, decisions: list[BlockDecision], min_saving: float, device: torch.device,
+                     only: Sequence[str]) -> None:
+    """The time-aware rule for blocks: a block whose gate plus cheapest option does not save ``min_saving`` of its
+    ops' time (measured as :func:`_time_rule` measures a conv) goes back to the per-conv rules, with the reason."""
+    from .predict import inference_memory_format
+
+    scratch = _scratch(original).to(device=device, memory_format=inference_memory_format(device)).eval()
+    kernel = resolve_kernel("auto", device)
+    set_conv_kernel(scratch, kernel)
     for d in decisions:
-        if not d.converted or _matches(d.name, only):
+        if not d.converted or d.kind == "stage" or any(_matches(c, only) for c in d.convs):
             continue
-        layer = adaptive.get_submodule(d.name)
-        home = layer.weight.device
-        x = torch.randn(1, *d.input_shape, device=device).contiguous(memory_format=layout)
-        costs = option_costs(layer, x.shape)
-        cheapest = min(range(layer.num_options), key=lambda o: costs[o].total)
-        layer.to(device).eval()  # in place: moved back below
+        ops = [scratch.get_submodule(op) for op in d.ops]
+        param = next(ops[0].parameters())
+        block = AdaptiveBlock(ops, d.kind, d.options, d.gate_hidden).to(device=device, dtype=param.dtype)
+        block.init_cheap_ops()
+        block.eval().conv_kernel = kernel
 
-        def adaptive_call() -> None:
-            layer.gate.infer(x)  # as eager inference runs it
-            layer.run_option(x, cheapest)
+        def full_call(x: torch.Tensor) -> None:
+            with torch.no_grad():
+                for op in ops:
+                    x = op(x)
 
-        def full_call() -> None:
-            torch.nn.functional.conv3d(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation,
-                                       layer.groups)
-
-        timings = measure_interleaved({"full": full_call, "cheapest": adaptive_call}, device, warmup=2, repeats=7)
-        layer.to(home)
-        # the fastest round of each: background load only ever adds time, and adds it unevenly to short calls
-        full_ms, cheapest_ms = timings["full"].min_ms, timings["cheapest"].min_ms
-        if cheapest_ms > (1 - min_saving) * full_ms:
-            replace_module(adaptive, d.name, copy.deepcopy(original.get_submodule(d.name)))
+        timed = _time_cheapest(block, block_option_costs, full_call, d.input_shape, device, min_saving)
+        if timed is not None:
             d.options, d.gate_hidden = None, 0
-            d.reason = (f"no time to save on {device.type}: gate + cheapest option {cheapest_ms:.2f} ms vs the conv "
-                        f"{full_ms:.2f} ms")
+            d.reason = (f"per-conv: no time to save on {device.type}: gate + cheapest option {timed[1]:.2f} ms vs the "
+                        f"block {timed[0]:.2f} ms")
 
 
 # ---------------------------------------------------------------------------------------------- conversion
@@ -786,8 +826,9 @@ def convert(
         convert_stem: also convert convs that read the input clip.
         class_names: what the model's outputs mean, stored with it.
         verify: check that the full path reproduces the original (raises if it does not).
-        time_aware: also time each converted conv on ``time_device`` and keep it static where its gate plus its
-            cheapest option does not save ``min_time_saving`` of the conv's time (convs named by ``only`` stay).
+        time_aware: also time each converted block and conv on ``time_device`` and keep it static where its gate
+            plus its cheapest option does not save ``min_time_saving`` of its time (a block goes back to the
+            per-conv rules; those named by ``only`` stay).
         granularity: ``"block"``: one gate per block (residual branch, or conv + per-channel ops), whose option
             shrinks everything inside it; convs outside converted blocks get their own gates. ``"conv"``: one
             gate per conv (the paper's form).
@@ -823,6 +864,10 @@ def convert(
                           max_gate_overhead, min_option_saving)
             for b in block_sites if not b.is_stem and not any(op.startswith(tuple(stages)) for op in b.ops)
         ]
+        if time_aware:
+            from .timing import resolve_device
+
+            _block_time_rule(original, block_decisions, min_time_saving, resolve_device(str(time_device)), only)
         _place_blocks(adaptive, [d for d in block_decisions if d.kind != "stage"])
     in_blocks = {f"{op}.{sub}" if sub else op for d in block_decisions if d.converted
                  for op in (d.ops if d.kind != "stage" else [d.owner])

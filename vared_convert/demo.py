@@ -25,7 +25,7 @@ from .files import check_output_path
 
 __all__ = ["DemoSettings", "DemoResult", "run_demo", "QUICK", "FULL", "STATIC_CLASSES"]
 
-ARCH = "vared:tiny_c3d"
+ARCH = "vared:demo_c3d"
 MARKER = ".vared-demo"  # written into every demo folder: only such a folder's files are replaced by --force
 DEMO_FILES = ("data", "run", "baseline.pth", "baseline_vared.pth", "adaptive.pth", "adaptive.onnx",
               "adaptive_static.onnx", "savings.png", "decisions.png")
@@ -54,6 +54,7 @@ class DemoSettings:
     relaxation: str = "hard"  # straight-through learns the still/moving split; the soft mixture does not
     export_dynamic: bool = True
     granularity: str = "block"  # vared convert --granularity
+    latency_threads: int = 1  # batch-1 latency on one CPU thread, as benchmarks/bench_speed.py measures
 
 
 FULL = DemoSettings(train_per_class=24, val_per_class=24, baseline_epochs=12, baseline_clips=6, finetune_epochs=16,
@@ -133,7 +134,7 @@ def run_demo(
     """
     from .alternatives import best_static, static_alternatives
     from .api import convert_checkpoint
-    from .baseline import tiny_c3d
+    from .baseline import demo_c3d
     from .checkpoint import load_model, save_torch_file
     from .data.dataset import VideoClipDataset, make_loader
     from .data.synthetic import write_synthetic_dataset
@@ -142,6 +143,7 @@ def run_demo(
     from .plots import plot_class_decisions, plot_layer_savings
     from .predict import evaluate
     from .profile import profile_model
+    from .timing import cpu_threads
     from .train.finetune import finetune
     from .train.supervised import top1, train_classifier
 
@@ -172,7 +174,7 @@ def run_demo(
     train_loader = make_loader(train_set, s.batch_size, 2, shuffle=True, drop_last=True, seed=seed)
     # decoded once, then reused by every measurement below (original, adaptive, full path, cheapest, profile)
     val_batches = [batch for batch in make_loader(val_set, 32, 2, seed=seed) if batch.get("clip") is not None]
-    baseline = tiny_c3d(num_classes=len(classes), width=s.width)
+    baseline = demo_c3d(num_classes=len(classes), width=s.width)
     steps = len(train_loader) * s.baseline_epochs
     advance = progress("training the baseline", steps)
 
@@ -217,8 +219,9 @@ def run_demo(
     with forced_policy(adaptive, (max(adaptive.vared_info.recipe.temporal), min(adaptive.vared_info.recipe.channel))):
         cheapest_top1 = top1(adaptive, val_batches, torch.device("cpu"))
     adaptive = load_model(adaptive_path)  # contiguous layout for profiling and export
-    profile = profile_model(adaptive, clips=((b["clip"], b["label"]) for b in val_batches), class_names=classes,
-                            latency=True, repeats=10, latency_clips=8)
+    with cpu_threads(s.latency_threads):
+        profile = profile_model(adaptive, clips=((b["clip"], b["label"]) for b in val_batches), class_names=classes,
+                                latency=True, repeats=10, latency_clips=8)
     plot_layer_savings(profile, out / "savings.png")
     shares = _class_shares(profile.class_histograms)
     plot_class_decisions(profile.class_histograms, out / "decisions.png",
@@ -246,7 +249,7 @@ def run_demo(
         f"--batch-size {s.batch_size} --train-clips {s.finetune_clips} --lr {s.lr} --flops-weight {s.flops_weight} "
         f"--tau-end {s.tau_end} --relaxation {s.relaxation} --out {adaptive_path}",
         f"vared evaluate {adaptive_path} --data {data} --stride {s.stride}",
-        f"vared profile {adaptive_path} --latency --plot {out / 'savings.png'}",
+        f"vared profile {adaptive_path} --latency --threads {s.latency_threads} --plot {out / 'savings.png'}",
         f"vared export {adaptive_path} --onnx {out / 'adaptive.onnx'}",
     ]
     lat = profile.latency.to_dict() if profile.latency else {}

@@ -374,7 +374,7 @@ def measure_latency_table(
     from .profile import original_network
     from .recipe import model_info
     from .shapes import check_clip_shape, resolve_clip_shape
-    from .timing import measure_interleaved, resolve_device, retain_freed_memory
+    from .timing import cpu_threads, measure_interleaved, resolve_device, retain_freed_memory
 
     integer("repeats", repeats, 1)
     integer("batch", batch, 1)
@@ -391,10 +391,7 @@ def measure_latency_table(
     check_clip_shape(model, shape, batch=batch)
     layout = inference_memory_format(target)
     malloc = "retain" if target.type == "cpu" and retain_freed_memory() else "system"
-    threads_before = torch.get_num_threads()
-    if threads is not None and target.type == "cpu":
-        torch.set_num_threads(threads)
-    try:
+    with cpu_threads(threads if target.type == "cpu" else None):
         net = copy.deepcopy(model).to(target).to(memory_format=layout).eval()
         try:
             original = original_network(model).to(target).to(memory_format=layout).eval()
@@ -421,8 +418,6 @@ def measure_latency_table(
             timings = measure_interleaved(repeated, target, warmup, repeats)
         timings = {name: t.per_call(runs_per_round) for name, t in timings.items()}
         used_threads = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(threads_before)
     info = model_info(model)
     alone = sum(timings[f"{i}:gate"].min_ms for i in range(len(layers)))
     in_place = timings["gated"].min_ms - timings["full"].min_ms

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
-__all__ = ["Timing", "measure", "measure_interleaved", "resolve_device", "retain_freed_memory"]
+__all__ = ["Timing", "cpu_threads", "measure", "measure_interleaved", "resolve_device", "retain_freed_memory"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,18 @@ def retain_freed_memory() -> bool:
     libc = ctypes.CDLL("libc.so.6")
     m_trim_threshold, m_mmap_max = -1, -4
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` CPU threads (``None``: as they are), and restore the count after."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
