@@ -264,6 +264,9 @@ def test_time_aware_rule_keeps_static_what_would_not_save_time():
     assert not isinstance(timed.model.pointwise, DynamicConv3d) and isinstance(timed.model.dear, DynamicConv3d)
     assert timed.report.max_abs_error == 0.0
     assert [layer.name for layer in timed.recipe.layers] == [d.name for d in timed.report.converted]
+    # timed with inference's conv kernel, then left as converted: no module keeps the kernel it was timed with
+    assert timed.model.dear.conv_kernel == "aten"
+    assert not any(type(m).__name__.startswith("OneDNN") for m in timed.model.modules())
 
 
 

@@ -40,7 +40,7 @@ from .flops import block_option_costs, conv_macs, count_macs, gate_macs, option_
 from .nn import (AdaptiveBlock, AdaptiveLayer, ConvOption, DynamicConv3d, channel_count, conv_output_frames,
                  default_gate_hidden, forced_policy)
 from .nn.block import keeps_frames, shrinks_channels
-from .nn.kernels import resolve_kernel, set_conv_kernel
+from .nn.kernels import conv_kernel, resolve_kernel, set_conv_kernel
 from .recipe import BlockRecipe, LayerRecipe, ModelInfo, Recipe, model_info, replace_module
 
 __all__ = [
@@ -619,17 +619,16 @@ def _time_rule(
         if not d.converted or _matches(d.name, only):
             continue
         layer = adaptive.get_submodule(d.name)
-        home, kernel_before = layer.weight.device, layer.conv_kernel
+        home = layer.weight.device
         layer.to(device).eval()  # in place: moved back below
-        set_conv_kernel(layer, resolve_kernel("auto", device))
-        conv3d = layer.conv3d_function(fast=True)
+        with conv_kernel(layer, resolve_kernel("auto", device)):  # the rebuilds' convs too, restored after
+            conv3d = layer.conv3d_function(fast=True)
 
-        def full_call(x: torch.Tensor) -> None:
-            conv3d(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+            def full_call(x: torch.Tensor) -> None:
+                conv3d(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
 
-        timed = _time_cheapest(layer, option_costs, full_call, d.input_shape, device, min_saving)
+            timed = _time_cheapest(layer, option_costs, full_call, d.input_shape, device, min_saving)
         layer.to(home)
-        layer.conv_kernel = kernel_before
         if timed is not None:
             replace_module(adaptive, d.name, copy.deepcopy(original.get_submodule(d.name)))
             d.options, d.gate_hidden = None, 0
