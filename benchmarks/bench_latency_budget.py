@@ -81,7 +81,7 @@ def main() -> None:
     from vared_convert.latency import LatencyCostModel, measure_latency_table
     from vared_convert.nn import recording
     from vared_convert.predict import evaluate
-    from vared_convert.profile import profile_model
+    from vared_convert.profile import Reservoir, profile_model
     from vared_convert.timing import retain_freed_memory
     from vared_convert.train.finetune import finetune
 
@@ -134,7 +134,10 @@ def main() -> None:
                     model(batch["clip"])
                 per_clip += table_costs.per_sample_macs(log.choices(layers)).tolist()
         predicted = sum(per_clip) / len(per_clip) / table.original_ms
-        timed = per_clip[: args.latency_clips]  # profile_model times the first clips: the table on those alone
+        sample = Reservoir(args.latency_clips)  # the clips profile_model times, drawn as it draws them
+        for position in range(len(per_clip)):
+            sample.offer(position)
+        timed = [per_clip[position] for position in sample.items]
         predicted_timed = sum(timed) / len(timed) / table.original_ms
         torch.set_num_threads(args.threads)
         report = profile_model(load_model(run_dir / "final.pth"),

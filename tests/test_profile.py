@@ -16,7 +16,7 @@ from vared_convert.convert import convert
 from vared_convert.errors import VaredError
 from vared_convert.flops import count_macs
 from vared_convert.nn import adaptive_layers, forced_policy
-from vared_convert.profile import profile_model
+from vared_convert.profile import Reservoir, profile_model
 from vared_convert.recipe import model_info
 
 OPTIONS = [(1, 1.0), (1, 0.5), (1, 0.25), (2, 1.0), (2, 0.5), (2, 0.25)]
@@ -118,6 +118,30 @@ def test_latency_is_measured_side_by_side():
     assert {"original_ms", "adaptive_ms", "time_ratio", "device", "threads"} <= set(lat)
     assert lat["original_ms"] > 0 and lat["adaptive_ms"] > 0 and lat["device"] == "cpu"
     assert lat["time_ratio"] == pytest.approx(lat["adaptive_ms"] / lat["original_ms"])
+
+
+def test_the_clips_timed_on_data_are_a_uniform_sample_of_all_of_them():
+    """A dataset listed class by class must not be timed on its first class only: every position of the stream is
+    kept with the same chance, and the same stream gives the same sample."""
+    count, size, draws = 20, 4, 2000
+    kept = torch.zeros(count)
+    for seed in range(draws):
+        sample = Reservoir(size, seed)
+        for position in range(count):
+            sample.offer(position)
+        assert len(sample.items) == size == len(set(sample.items))
+        kept[sample.items] += 1
+    assert torch.allclose(kept / draws, torch.full((count,), size / count), atol=0.05)
+    again = [Reservoir(size, 7), Reservoir(size, 7)]
+    for sample in again:
+        for position in range(count):
+            sample.offer(position)
+    assert again[0].items == again[1].items
+
+    model = convert(tiny(), (3, 8, 32, 32), arch=ArchSpec("models_for_tests:tiny")).model
+    batches = [(torch.randn(4, 3, 8, 32, 32), None) for _ in range(3)]
+    report = profile_model(model, clips=batches, latency=True, latency_clips=5, repeats=1, warmup=0)
+    assert report.latency.clips == 5 and report.clips == 12
 
 
 def test_bad_options_and_shapes():

@@ -13,6 +13,7 @@ layer and option comes from the analytic formulas that tests check against fvcor
 from __future__ import annotations
 
 import contextlib
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -31,8 +32,8 @@ from .recipe import model_info
 from .shapes import check_clip_shape, resolve_clip_shape
 from .timing import Timing, measure_interleaved
 
-__all__ = ["LayerProfile", "ProfileReport", "profile_model", "profile_dataset", "original_network", "option_label",
-           "parse_option", "check_option"]
+__all__ = ["LayerProfile", "ProfileReport", "Reservoir", "profile_model", "profile_dataset", "original_network",
+           "option_label", "parse_option", "check_option"]
 
 
 def option_label(temporal: int, channels: int, out_channels: int) -> str:
@@ -289,6 +290,25 @@ def profile_dataset(
     return profile_model(model, clips=batches(), class_names=class_names, on_batch=advance, **options)
 
 
+class Reservoir:
+    """A uniform sample of ``size`` items from a stream of unknown length (reservoir sampling), seeded, so the same
+    stream gives the same sample: the clips a latency measurement on data times, spread over the whole data rather
+    than its first clips (a dataset listed class by class would give one class)."""
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size, self.seen, self.items = size, 0, []
+        self._rng = random.Random(seed)
+
+    def offer(self, item: Any) -> None:
+        if self.seen < self.size:
+            self.items.append(item)
+        else:
+            slot = self._rng.randrange(self.seen + 1)
+            if slot < self.size:
+                self.items[slot] = item
+        self.seen += 1
+
+
 @torch.no_grad()
 def profile_model(
     model: nn.Module,
@@ -310,7 +330,8 @@ def profile_model(
         input_shape: clip shape (C, T, H, W); default the recipe's. With ``clips`` their own shape is used.
         clips: batches ``(clips (N, C, T, H, W), labels or None)`` on which the gates decide.
         option: force every gate to ``(temporal factor, channel ratio)``.
-        latency: time the original network and the adaptive model on the same inputs (batch 1).
+        latency: time the original network and the adaptive model on the same inputs (batch 1): ``latency_clips``
+            of ``clips``, a seeded uniform sample of all of them (:class:`Reservoir`), else one random clip.
         conv_kernel: the conv kernel both run with when timed (:func:`~vared_convert.nn.kernels.set_conv_kernel`;
             ``"auto"``: oneDNN on the CPU).
         on_batch: called with the number of clips after each batch (progress bars).
@@ -346,7 +367,7 @@ def profile_model(
 
     mode, n_clips, adaptive, gates = "static", 0, float(costs.original_macs), float(costs.gate_macs)
     histograms: dict[str, Counter] = {}
-    sample_clips: list[torch.Tensor] = []
+    sample = Reservoir(latency_clips)
     if option is not None:
         mode, gates = "forced", 0.0
         with forced_policy(model, option):
@@ -375,8 +396,9 @@ def profile_model(
                 if y is not None and class_names is not None:
                     for c, label in zip(picked, y.tolist()):
                         histograms.setdefault(class_names[label], Counter())[labels[table.name][c]] += 1
-            if len(sample_clips) < latency_clips:
-                sample_clips.extend(x[i : i + 1] for i in range(min(len(x), latency_clips - len(sample_clips))))
+            if latency:
+                for i in range(len(x)):
+                    sample.offer(x[i : i + 1].clone())  # a copy: the batch itself is not kept
             n_clips += len(x)
             if on_batch:
                 on_batch(len(x))
@@ -393,7 +415,7 @@ def profile_model(
         class_histograms={k: dict(v) for k, v in histograms.items()},
     )
     if latency:
-        inputs = sample_clips or [torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)]
+        inputs = sample.items or [torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)]
         report.latency = _measure_latency(model, inputs, option, repeats, warmup, device, conv_kernel)
         report.latency.flops_ratio = report.flops_ratio
     return report
