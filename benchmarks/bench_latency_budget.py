@@ -82,7 +82,7 @@ def main() -> None:
     from vared_convert.nn import recording
     from vared_convert.predict import evaluate
     from vared_convert.profile import Reservoir, profile_model
-    from vared_convert.timing import retain_freed_memory
+    from vared_convert.timing import cpu_threads, retain_freed_memory
     from vared_convert.train.finetune import finetune
 
     s = QUICK if args.quick else FULL
@@ -93,12 +93,8 @@ def main() -> None:
     else:
         data, converted = build_demo_model(args.out, args.quick)
     retain_freed_memory()  # as vared profile --latency does on glibc: for the table and every measurement below
-    training_threads = torch.get_num_threads()
-
-    torch.set_num_threads(args.threads)
     table = measure_latency_table(load_model(converted), threads=args.threads, repeats=args.repeats)
     table_path = table.save(args.out / "latency_table.json", force=True)
-    torch.set_num_threads(training_threads)
     base = LatencyCostModel.from_table(table, load_model(converted))
     print(f"# torch {torch.__version__}; latency table on {table.describe()}, fastest of {table.repeats}: original "
           f"{table.original_ms:.2f} ms, full path {table.full_ms:.2f} ms, static rest {table.static_ms:.2f} ms, gates "
@@ -139,11 +135,10 @@ def main() -> None:
             sample.offer(position)
         timed = [per_clip[position] for position in sample.items]
         predicted_timed = sum(timed) / len(timed) / table.original_ms
-        torch.set_num_threads(args.threads)
-        report = profile_model(load_model(run_dir / "final.pth"),
-                               clips=((b["clip"], b["label"]) for b in val_batches), latency=True,
-                               repeats=args.repeats, latency_clips=args.latency_clips)
-        torch.set_num_threads(training_threads)
+        with cpu_threads(args.threads):
+            report = profile_model(load_model(run_dir / "final.pth"),
+                                   clips=((b["clip"], b["label"]) for b in val_batches), latency=True,
+                                   repeats=args.repeats, latency_clips=args.latency_clips)
         lat = report.latency
         rows.append(dict(cost=cost, target=target, predicted_time_ratio=predicted,
                          predicted_timed_time_ratio=predicted_timed, time_ratio=lat.time_ratio,

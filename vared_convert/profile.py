@@ -299,14 +299,25 @@ class Reservoir:
         self.size, self.seen, self.items = size, 0, []
         self._rng = random.Random(seed)
 
+    def slot(self) -> int | None:
+        """Count the stream's next item: the slot it takes in :attr:`items`, or ``None`` if it is not kept."""
+        seen, self.seen = self.seen, self.seen + 1
+        if seen < self.size:
+            return seen
+        slot = self._rng.randrange(seen + 1)
+        return slot if slot < self.size else None
+
     def offer(self, item: Any) -> None:
-        if self.seen < self.size:
+        self.put(self.slot(), item)
+
+    def put(self, slot: int | None, item: Any) -> None:
+        """Keep ``item`` in the ``slot`` that :meth:`slot` gave it (``None``: drop it)."""
+        if slot is None:
+            return
+        if slot == len(self.items):
             self.items.append(item)
         else:
-            slot = self._rng.randrange(self.seen + 1)
-            if slot < self.size:
-                self.items[slot] = item
-        self.seen += 1
+            self.items[slot] = item
 
 
 @torch.no_grad()
@@ -398,7 +409,8 @@ def profile_model(
                         histograms.setdefault(class_names[label], Counter())[labels[table.name][c]] += 1
             if latency:
                 for i in range(len(x)):
-                    sample.offer(x[i : i + 1].clone())  # a copy: the batch itself is not kept
+                    if (slot := sample.slot()) is not None:  # a copy of a kept clip only: the batch is not kept
+                        sample.put(slot, x[i : i + 1].clone())
             n_clips += len(x)
             if on_batch:
                 on_batch(len(x))
