@@ -70,6 +70,16 @@ def grid_cells(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool3d(x, motion_cell(x.shape[3], x.shape[4]))
 
 
+def _cells_by_frame(x: torch.Tensor) -> torch.Tensor:
+    """:func:`grid_cells` laid out (N, T, cells, C) for the gate's inference route, with as few ops as the layout
+    allows (a channels-last map: five, all views but the pooling)."""
+    if memory_format_of(x) != torch.channels_last_3d or sample_step(x.shape[3], x.shape[4]) > 1:
+        return grid_cells(x).flatten(3).permute(0, 2, 3, 1)
+    n, c, t, h, w = x.shape
+    pooled = F.avg_pool2d(x.transpose(1, 2).reshape(n * t, c, h, w), motion_cell(h, w)[1:])  # channels-last images
+    return pooled.permute(0, 2, 3, 1).reshape(n, t, -1, c)
+
+
 def clip_statistics(x: torch.Tensor) -> torch.Tensor:
     """Per channel: the mean activation, and the mean absolute change between consecutive frames of the feature
     map averaged over a coarse grid of cells, (N, 2C).
@@ -154,14 +164,15 @@ class SoftModulationGate(nn.Module):
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`forward`'s logits by the eager inference route (no autograd): the norm and the statistics'
         averaging folded into the first linear, the logit offset into the last bias (made once per version of the
-        weights and per grid size), so the statistics are two sums over the pooled grid and a gate costs about
-        ten small ops instead of twice that."""
-        cells = grid_cells(x).flatten(3).permute(0, 2, 3, 1)  # (N, T, cells, C): a view of the pooled grid
+        weights and per grid size), so the statistics are two sums over the pooled grid. A gate runs between two
+        large layers, where each op of its own costs several times what it costs in a tight loop (caches hold the
+        layers' data, not the gate's code), so the route keeps its op count low: about a dozen."""
+        cells = _cells_by_frame(x)
         frames, count = cells.shape[1], cells.shape[2]
         w_appearance, w_motion, b1, w2, b2 = self._folded(frames, count)
         hidden = torch.addmm(b1, cells.sum(dim=(1, 2)), w_appearance)
         if frames > 1:
-            hidden.addmm_((cells[:, 1:] - cells[:, :-1]).abs_().sum(dim=(1, 2)), w_motion)
+            hidden.addmm_(torch.diff(cells, dim=1).abs_().sum(dim=(1, 2)), w_motion)
         return torch.addmm(b2, hidden.relu_(), w2)
 
     def _folded(self, frames: int, cells: int) -> tuple[torch.Tensor, ...]:

@@ -175,37 +175,37 @@ class FrameRebuild(nn.Module):
         output's frames 0, R, 2R, ... (shape ``computed_shape``); the frames between are blended from them."""
         n, c, t, h, w = computed_shape
         factor = self.factor
-        # the output is allocated with the layout's own strides and the phases are views of it: a view made the
-        # other way round gives a batch of one an odd batch stride, and kernels that read the layout from the
-        # strides (max_pool3d) then copy the whole map to NCDHW
+        # the output is allocated with the layout's own strides and the phases are views of it (frames p, R + p,
+        # 2R + p, ...: the frame stride times R, offset by p frames): a view made the other way round gives a batch
+        # of one an odd batch stride, and kernels that read the layout from the strides (max_pool3d) then copy the
+        # whole map to NCDHW
         full = torch.empty((n, c, t * factor, h, w), dtype=dtype, device=device, memory_format=layout)
-        if layout == torch.channels_last_3d:
-            phases = full.permute(0, 2, 3, 4, 1).view(n, t, factor, h, w, c).permute(0, 5, 1, 2, 3, 4)
-        else:
-            phases = full.view(n, c, t, factor, h, w)
-        computed = phases[:, :, :, 0]
+        size, (s_n, s_c, s_t, s_h, s_w) = (n, c, t, h, w), full.stride()
+        every = (s_n, s_c, s_t * factor, s_h, s_w)
+        computed = full.as_strided(size, every)
         write(computed)
-        taps = self._taps()
-        for p in range(1, factor):
-            here, after = taps[p - 1, 0].view(1, c, 1, 1, 1), taps[p - 1, 1].view(1, c, 1, 1, 1)
-            phase = phases[:, :, :, p]
+        for p, (here, after) in enumerate(self._taps(), start=1):
+            phase = full.as_strided(size, every, p * s_t)
             torch.mul(computed, here, out=phase)
             phase[:, :, :-1].addcmul_(computed[:, :, 1:], after)
             phase[:, :, -1:].addcmul_(computed[:, :, -1:], after)  # clamped: the last frame is its own next
         return full if frames == t * factor else full[:, :, :frames].contiguous(memory_format=layout)
 
-    def _taps(self) -> torch.Tensor:
-        """The blend's weights as (phase, tap, channel), each per-channel vector dense, made once per version of the
-        weight: the weight's own layout would give the element-wise passes a strided operand, which keeps them
-        off their vectorised loops (3-4× slower)."""
+    def _taps(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per phase, the blend's weights of the computed frame before it and of the one after it, each a dense
+        (1, C, 1, 1, 1) tensor, made once per version of the weight (the weight's own layout would give the
+        element-wise passes a strided operand, which keeps them off their vectorised loops, 3-4× slower; views
+        made on every call would cost more than the blend of a small map)."""
         weight = self.blend.weight
         stamp = tensor_stamp(weight)
         cached = self.__dict__.get("_taps_cache")
         if cached is not None and cached[0] == stamp:
             return cached[1]
         taps = weight.detach().view(self.channels, self.factor - 1, 2).permute(1, 2, 0).contiguous()
-        self.__dict__["_taps_cache"] = (stamp, taps)
-        return taps
+        shape = (1, self.channels, 1, 1, 1)
+        per_phase = [(taps[p, 0].view(shape), taps[p, 1].view(shape)) for p in range(self.factor - 1)]
+        self.__dict__["_taps_cache"] = (stamp, per_phase)
+        return per_phase
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
