@@ -72,12 +72,16 @@ def grid_cells(x: torch.Tensor) -> torch.Tensor:
 
 def _cells_by_frame(x: torch.Tensor) -> torch.Tensor:
     """:func:`grid_cells` laid out (N, T, cells, C) for the gate's inference route, with as few ops as the layout
-    allows (a channels-last map: five, all views but the pooling)."""
+    allows: on a channels-last map sampled whole, the frames as channels-last images and the pooled cells back
+    are strided views of the same memory (three ops)."""
     if memory_format_of(x) != torch.channels_last_3d or sample_step(x.shape[3], x.shape[4]) > 1:
         return grid_cells(x).flatten(3).permute(0, 2, 3, 1)
     n, c, t, h, w = x.shape
-    pooled = F.avg_pool2d(x.transpose(1, 2).reshape(n * t, c, h, w), motion_cell(h, w)[1:])  # channels-last images
-    return pooled.permute(0, 2, 3, 1).reshape(n, t, -1, c)
+    pooled = F.avg_pool2d(x.as_strided((n * t, c, h, w), (h * w * c, 1, w * c, c)), motion_cell(h, w)[1:])
+    rows, columns = pooled.shape[2:]
+    if not pooled.is_contiguous(memory_format=torch.channels_last):
+        return pooled.permute(0, 2, 3, 1).reshape(n, t, rows * columns, c)
+    return pooled.as_strided((n, t, rows * columns, c), (t * rows * columns * c, rows * columns * c, c, 1))
 
 
 def clip_statistics(x: torch.Tensor) -> torch.Tensor:
