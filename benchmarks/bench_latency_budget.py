@@ -55,7 +55,7 @@ def build_demo_model(out: Path, quick: bool, seed: int = 0) -> tuple[Path, Path]
     save_torch_file(baseline.state_dict(), out / "baseline.pth", force=True)
     convert_checkpoint(out / "baseline.pth", converted, ARCH, num_classes=len(index.classes),
                        input_shape=(3, s.frames, s.size, s.size), class_names=index.classes, force=True,
-                       granularity=s.granularity)
+                       granularity=s.granularity, time_aware=s.time_aware)
     return data, converted
 
 

@@ -54,7 +54,9 @@ class DemoSettings:
     relaxation: str = "hard"  # straight-through learns the still/moving split; the soft mixture does not
     export_dynamic: bool = True
     granularity: str = "block"  # vared convert --granularity
+    time_aware: bool = True  # vared convert --time-aware: no gate where it cannot save time on this CPU
     latency_threads: int = 1  # batch-1 latency on one CPU thread, as benchmarks/bench_speed.py measures
+    latency_repeats: int = 30  # interleaved rounds of the latency measurement (median)
 
 
 FULL = DemoSettings(train_per_class=24, val_per_class=24, baseline_epochs=12, baseline_clips=6, finetune_epochs=16,
@@ -187,12 +189,13 @@ def run_demo(
     baseline_path = out / "baseline.pth"
     save_torch_file(baseline.state_dict(), baseline_path, force=True)
 
-    on_step("3. Convert", "rewriting its convolutions into dynamic ones with torch.fx, and verifying that the full "
-                          "path reproduces the original exactly")
+    on_step("3. Convert", "rewriting its blocks into adaptive ones with torch.fx (each timed on this CPU: one whose gate "
+                          "would cost more time than it can save stays static), and verifying that the full path "
+                          "reproduces the original exactly")
     converted_path = out / "baseline_vared.pth"
     shape = (3, s.frames, s.size, s.size)
     convert_checkpoint(baseline_path, converted_path, ARCH, num_classes=len(classes), input_shape=shape,
-                       class_names=classes, force=True, granularity=s.granularity)
+                       class_names=classes, force=True, granularity=s.granularity, time_aware=s.time_aware)
 
     on_step("4. Finetune", f"learning the gates and cheap ops to a FLOPs target of {s.target_flops} (CE + "
                            "distillation from the full path + λ·(F − τ)²), the backbone frozen")
@@ -221,7 +224,7 @@ def run_demo(
     adaptive = load_model(adaptive_path)  # contiguous layout for profiling and export
     with cpu_threads(s.latency_threads):
         profile = profile_model(adaptive, clips=((b["clip"], b["label"]) for b in val_batches), class_names=classes,
-                                latency=True, repeats=10, latency_clips=8)
+                                latency=True, repeats=s.latency_repeats, latency_clips=8)
     plot_layer_savings(profile, out / "savings.png")
     shares = _class_shares(profile.class_histograms)
     plot_class_decisions(profile.class_histograms, out / "decisions.png",
@@ -243,13 +246,15 @@ def run_demo(
 
     commands = [
         f"vared convert {baseline_path} --arch {ARCH} --num-classes {len(classes)} --input-shape "
-        f"{','.join(map(str, shape))} --granularity {s.granularity} --out {converted_path}",
+        f"{','.join(map(str, shape))} --granularity {s.granularity}{' --time-aware' if s.time_aware else ''} "
+        f"--out {converted_path}",
         f"vared finetune {converted_path} --data {data} --target-flops {s.target_flops} --epochs {s.finetune_epochs} "
         f"--warmup-epochs {s.warmup_epochs} --frames {s.frames} --stride {s.stride} --size {s.size} "
         f"--batch-size {s.batch_size} --train-clips {s.finetune_clips} --lr {s.lr} --flops-weight {s.flops_weight} "
         f"--tau-end {s.tau_end} --relaxation {s.relaxation} --out {adaptive_path}",
         f"vared evaluate {adaptive_path} --data {data} --stride {s.stride}",
-        f"vared profile {adaptive_path} --latency --threads {s.latency_threads} --plot {out / 'savings.png'}",
+        f"vared profile {adaptive_path} --latency --threads {s.latency_threads} --repeats {s.latency_repeats} "
+        f"--plot {out / 'savings.png'}",
         f"vared export {adaptive_path} --onnx {out / 'adaptive.onnx'}",
     ]
     lat = profile.latency.to_dict() if profile.latency else {}
