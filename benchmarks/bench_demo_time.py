@@ -77,7 +77,7 @@ def main() -> None:
     from vared_convert.flops import CostModel, count_macs
     from vared_convert.nn import adaptive_layers, recording
     from vared_convert.nn.kernels import resolve_kernel, set_conv_kernel
-    from vared_convert.predict import inference_memory_format
+    from vared_convert.predict import inference_memory_format, layout_name
     from vared_convert.profile import Reservoir, original_network
     from vared_convert.timing import cpu_threads, measure_interleaved, retain_freed_memory
 
@@ -98,14 +98,15 @@ def main() -> None:
             choices = torch.stack(log.choices(layers), 1).tolist()
             for clip, decided in zip(batch["clip"], choices):
                 every.append(tuple(decided))
-                sample.put(sample.slot(), (clip.unsqueeze(0), tuple(decided)))
+                sample.offer((clip.unsqueeze(0), tuple(decided)))
     frequent = [Counter(d[i] for d in every).most_common(1)[0][0] for i in range(len(layers))]
     clips = [clip.contiguous(memory_format=layout) for clip, _ in sample.items]
     decisions = [decided for _, decided in sample.items]
 
     costs = CostModel(model, tuple(clips[0].shape[1:]))
-    original = set_conv_kernel(copy.deepcopy(original_network(model)).to(memory_format=layout).eval(), kernel)
-    plain_bound = static_bound(original_network(model), model, frequent)
+    plain = original_network(model)
+    original = set_conv_kernel(copy.deepcopy(plain).to(memory_format=layout).eval(), kernel)
+    plain_bound = static_bound(plain, model, frequent)
     bound = None if plain_bound is None else set_conv_kernel(
         copy.deepcopy(plain_bound).to(memory_format=layout).eval(), kernel)
     gated = set_conv_kernel(copy.deepcopy(model).to(memory_format=layout).eval(), kernel)
@@ -132,18 +133,17 @@ def main() -> None:
     if bound is not None:
         fns["static bound"] = run(bound)
     fns.update({"most frequent, forced": run(forced), "own decisions, forced": run_own, "adaptive": run(gated)})
-    with torch.no_grad():
-        with cpu_threads(args.threads):
-            timings = measure_interleaved(fns, device, warmup=3, repeats=args.repeats)
-        gates = costs.gate_macs
-        flops = {
-            "original": 1.0,
-            "most frequent, forced": costs.forced_macs(frequent) / costs.original_macs,
-            "own decisions, forced": sum(costs.forced_macs(d) for d in decisions) / len(decisions) / costs.original_macs,
-            "adaptive": (sum(costs.forced_macs(d) for d in decisions) / len(decisions) + gates) / costs.original_macs,
-        }
-        if bound is not None:
-            flops["static bound"] = count_macs(plain_bound, torch.zeros(1, *clips[0].shape[1:]))[0] / costs.original_macs
+    with cpu_threads(args.threads):
+        timings = measure_interleaved(fns, device, warmup=3, repeats=args.repeats)
+    own_macs = sum(costs.forced_macs(d) for d in decisions) / len(decisions)
+    flops = {
+        "original": 1.0,
+        "most frequent, forced": costs.forced_macs(frequent) / costs.original_macs,
+        "own decisions, forced": own_macs / costs.original_macs,
+        "adaptive": (own_macs + costs.gate_macs) / costs.original_macs,
+    }
+    if bound is not None:
+        flops["static bound"] = count_macs(plain_bound, torch.zeros(1, *clips[0].shape[1:]))[0] / costs.original_macs
 
     timings = {name: timing.per_call(len(clips)) for name, timing in timings.items()}
     label = " ".join(f"{layer.options[o].temporal},{layer.options[o].channels / layer.width:g}"
@@ -167,10 +167,6 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(dict(rows=rows, threads=args.threads, clips=len(clips), repeats=args.repeats,
                                              malloc=malloc, kernel=kernel, policy=label), indent=1))
-
-
-def layout_name(layout: torch.memory_format) -> str:
-    return "channels-last" if layout == torch.channels_last_3d else "contiguous"
 
 
 if __name__ == "__main__":

@@ -370,7 +370,7 @@ def measure_latency_table(
     table and that measurement both time warm calls (a lone call of a millisecond network after other work runs
     15% slower here). ``model`` itself is not changed (a copy runs).
     """
-    from .predict import inference_memory_format
+    from .predict import inference_memory_format, layout_name
     from .profile import original_network
     from .recipe import model_info
     from .shapes import check_clip_shape, resolve_clip_shape
@@ -430,7 +430,7 @@ def measure_latency_table(
     ]
     return LatencyTable(
         str(target), _device_name(target), used_threads, torch.__version__,
-        "channels-last" if layout == torch.channels_last_3d else "contiguous", malloc, [int(s) for s in shape], batch,
+        layout_name(layout), malloc, [int(s) for s in shape], batch,
         repeats, timings["original"].min_ms, timings["full"].min_ms, entries,
         info.arch.name if info is not None else "", kernel,
     )

@@ -29,12 +29,18 @@ __all__ = [
     "evaluate_dataset",
     "clip_loader",
     "inference_memory_format",
+    "layout_name",
 ]
 
 
 def inference_memory_format(device: torch.device) -> torch.memory_format:
     """Channels-last on the CPU, where oneDNN's convs and the cheap ops run fastest in it; as is elsewhere."""
     return torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+
+
+def layout_name(layout: torch.memory_format) -> str:
+    """How reports name a clip layout: ``"channels-last"`` or ``"contiguous"``."""
+    return "channels-last" if layout == torch.channels_last_3d else "contiguous"
 
 
 @dataclass

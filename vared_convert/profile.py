@@ -457,7 +457,7 @@ def _measure_latency(model: nn.Module, inputs: list[torch.Tensor], option: tuple
     glibc."""
     import copy
 
-    from .predict import inference_memory_format
+    from .predict import inference_memory_format, layout_name
     from .timing import retain_freed_memory
 
     layout = inference_memory_format(device)
@@ -480,7 +480,7 @@ def _measure_latency(model: nn.Module, inputs: list[torch.Tensor], option: tuple
         timings = measure_interleaved({"original": run_all(original), "adaptive": run_all(model)}, device, warmup,
                                       repeats)
     return Latency(*(timings[name].per_call(len(inputs)) for name in ("original", "adaptive")), clips=len(inputs),
-                   layout="channels-last" if layout == torch.channels_last_3d else "contiguous", malloc=malloc,
+                   layout=layout_name(layout), malloc=malloc,
                    conv_kernel=kernel)
 
 
