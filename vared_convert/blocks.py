@@ -10,14 +10,20 @@ A **block** is a linear run of the network's own modules that one gate can steer
   next op that mixes channels or frames (the next conv, a pool, an add, a fork). Inception-style branches are
   chains of this kind, one per conv.
 
+At stage granularity, chain blocks that follow each other at one resolution (each feeds only the next, and every
+one after the first has stride 1) form a **run** (:func:`find_runs`), which one gate steers as a unit.
+
 The module that holds a block (the deepest one containing all its ops: torchvision's ``BasicBlock``,
 pytorchvideo's ``BottleneckBlock``, a ``Sequential``) is re-traced alone and rewritten as an fx ``GraphModule``
 in which the block's ops are one call of the adaptive block; the original submodules stay registered under
-their names, so every state_dict key survives and the block reaches them by reference.
+their names, so every state_dict key survives and the block reaches them by reference. A run whose blocks only the
+network's top-level forward connects is held by the network itself: the network is then rewritten, and the
+placing functions return the new one.
 """
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,10 +38,11 @@ from .nn import AdaptiveBlock, AdaptiveLayer, DynamicConv3d, adaptive_layers, op
 from .nn.block import block_problem
 from .nn.stage import RESERVED_NAMES, AdaptiveStage, StageBranch
 
-__all__ = ["BlockSite", "BlockTracer", "StageSite", "block_members", "block_module_name", "find_blocks", "find_stages",
-           "place_blocks", "place_owner", "place_stage", "rewrite_owner"]
+__all__ = ["BlockSite", "BlockTracer", "RewrittenModule", "StageSite", "block_members", "block_module_name", "find_blocks", "find_runs",
+           "find_stages", "group_by_owner", "place_blocks", "place_owner", "place_stage", "rewrite_owner"]
 
 _ADDS = {operator.add, operator.iadd, torch.add}
+TOP_LEVEL = "its ops are called by the model's top-level forward (no module holds them)"
 
 
 class BlockTracer(fx.Tracer):
@@ -63,6 +70,9 @@ class BlockSite:
     problem: str | None = None  # why it cannot run as a block (its convs fall back to per-conv)
     name: str = ""  # the adaptive block's qualified name once placed
     conv_names: list[str] = field(default_factory=list)
+    reads: str = ""  # the graph node the block reads, and the one it writes (and whether only one op reads that)
+    writes: str = ""
+    sole_reader: bool = False
 
 
 def block_module_name(index: int) -> str:
@@ -149,7 +159,7 @@ def find_blocks(model: nn.Module, example: torch.Tensor) -> list[BlockSite]:
             problem = block_problem([gm.get_submodule(t) for t in names], kind)
         owner = _owner(names) if names else ""
         if problem is None and not owner:
-            problem = "its ops are called by the model's top-level forward (no module holds them)"
+            problem = TOP_LEVEL
         taken.update(ops)
         sites.append(BlockSite(
             ops=names, kind=kind, owner=owner,
@@ -158,6 +168,7 @@ def find_blocks(model: nn.Module, example: torch.Tensor) -> list[BlockSite]:
             is_stem=not any(after_conv[i] for i in node.all_input_nodes),
             problem=problem,
             conv_names=[str(n.target) for n in convs if n in ops or kind == "residual"],
+            reads=node.args[0].name, writes=ops[-1].name, sole_reader=len(ops[-1].users) == 1,
         ))
     _merge_nested_owners(sites)
     return sites
@@ -173,7 +184,48 @@ def _merge_nested_owners(sites: list[BlockSite]) -> None:
                 break
 
 
-def rewrite_owner(owner: nn.Module, blocks: Sequence[tuple[Sequence[str], nn.Module]]) -> fx.GraphModule:
+def find_runs(model: nn.Module, sites: Sequence[BlockSite]) -> list[BlockSite]:
+    """The runs of ``sites`` (found by :func:`find_blocks` on ``model``): two or more chain blocks in a row, each
+    feeding only the next, every one after the first starting with a stride-1 conv (one resolution, as a stage of a
+    residual network starts with its only strided block). Stems start no run. A run of blocks that only the top-level
+    forward connects is held by ``model`` itself (owner ``""``)."""
+    def joinable(site: BlockSite) -> bool:
+        return site.kind == "chain" and not site.is_stem and site.problem in (None, TOP_LEVEL)
+
+    groups: list[list[BlockSite]] = []
+    for site in sites:
+        previous = groups[-1][-1] if groups else None
+        if (previous is not None and joinable(previous) and joinable(site) and previous.sole_reader
+                and site.reads == previous.writes and tuple(model.get_submodule(site.ops[0]).stride) == (1, 1, 1)):
+            groups[-1].append(site)
+        else:
+            groups.append([site])
+    runs = []
+    for group in (g for g in groups if len(g) >= 2):
+        ops = [op for site in group for op in site.ops]
+        runs.append(BlockSite(
+            ops=ops, kind="run", owner=_owner(ops), input_shape=group[0].input_shape,
+            output_shape=group[-1].output_shape, problem=block_problem([model.get_submodule(o) for o in ops], "run"),
+            conv_names=[c for site in group for c in site.conv_names], reads=group[0].reads, writes=group[-1].writes,
+            sole_reader=group[-1].sole_reader,
+        ))
+    return runs
+
+
+class RewrittenModule(fx.GraphModule):
+    """A module rewritten to hold adaptive blocks. A deep copy keeps its class name and the plain attributes set on
+    it (the :class:`~vared_convert.recipe.ModelInfo` of a network rewritten as a whole), as copying any module
+    does."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "RewrittenModule":
+        copied = super().__deepcopy__(memo)
+        extra = {k: v for k, v in self.__dict__.items() if k not in copied.__dict__}
+        copied.__dict__.update(copy.deepcopy(extra, memo))
+        type(copied).__name__ = type(self).__name__  # each instance has a class of its own
+        return copied
+
+
+def rewrite_owner(owner: nn.Module, blocks: Sequence[tuple[Sequence[str], nn.Module]]) -> RewrittenModule:
     """``owner`` as a GraphModule in which each block's ops (names relative to ``owner``) are one call of its
     adaptive block (``blocks``: ``(ops, block)`` pairs, named :func:`block_module_name` in order).
 
@@ -195,7 +247,7 @@ def rewrite_owner(owner: nn.Module, blocks: Sequence[tuple[Sequence[str], nn.Mod
     for n in graph.nodes:
         if n.op in ("call_module", "get_attr") and n.target not in attributes:
             attributes[n.target] = _get(owner, n.target)
-    rewritten = fx.GraphModule(attributes, graph, class_name=f"Adaptive{type(owner).__name__}")
+    rewritten = RewrittenModule(attributes, graph, class_name=f"Adaptive{type(owner).__name__}")
     for name, child in owner.named_children():
         rewritten.add_module(name, child)
     for name, param in owner.named_parameters(recurse=False):
@@ -233,27 +285,40 @@ def _get(root: nn.Module, target: str) -> Any:
     return obj
 
 
-def place_blocks(model: nn.Module, specs: Sequence[Any]) -> list[str]:
+def group_by_owner(specs: Sequence[Any]) -> dict[str, list[Any]]:
+    """``specs`` (objects with ``owner``) grouped by the module to rewrite: where one owner lies inside another
+    (the model itself, ``""``, holds every other), both groups are rewritten in the outer one. Order is kept."""
+    owners = sorted({spec.owner for spec in specs}, key=len)
+
+    def outermost(owner: str) -> str:
+        return next(o for o in owners if o == owner or not o or owner.startswith(o + "."))
+
+    groups: dict[str, list[Any]] = {}
+    for spec in specs:
+        groups.setdefault(outermost(spec.owner), []).append(spec)
+    return groups
+
+
+def place_blocks(model: nn.Module, specs: Sequence[Any]) -> tuple[nn.Module, list[str]]:
     """Make each block of ``specs`` (objects with ``owner``, ``ops`` (qualified names), ``kind``, ``options`` and
-    ``gate_hidden``; a stage's also ``branches``) adaptive in ``model``, in place; returns the blocks' qualified
-    names."""
-    by_owner: dict[str, list[Any]] = {}
+    ``gate_hidden``; a stage's also ``branches``) adaptive in ``model``, in place unless the model itself must be
+    rewritten; returns the model and the blocks' qualified names."""
     names = []
     for spec in specs:
         if spec.kind == "stage":
             names.append(place_stage(model, spec.owner, spec.branches, spec.options, spec.gate_hidden))
-        else:
-            by_owner.setdefault(spec.owner, []).append(spec)
-    for owner_name, group in by_owner.items():
-        names += place_owner(model, owner_name, group)
-    return names
+    for owner_name, group in group_by_owner([s for s in specs if s.kind != "stage"]).items():
+        model, placed = place_owner(model, owner_name, group)
+        names += placed
+    return model, names
 
 
 def place_owner(model: nn.Module, owner_name: str, specs: Sequence[Any],
-                build: Any = None) -> list[str]:
+                build: Any = None) -> tuple[nn.Module, list[str]]:
     """Make the blocks ``specs``, all held by module ``owner_name``, adaptive: that module is rewritten (see
-    :func:`rewrite_owner`) and put back in ``model``. Returns the blocks' qualified names. ``build(spec, ops,
-    members)``, when given, makes each block's module (a stage's branches); by default an adaptive block."""
+    :func:`rewrite_owner`) and put back in ``model``; where the owner is the model itself (``""``), the rewritten
+    one replaces it. Returns the model and the blocks' qualified names. ``build(spec, ops, members)``, when given,
+    makes each block's module (a stage's branches); by default an adaptive block."""
     from .recipe import replace_module
 
     owner = model.get_submodule(owner_name)
@@ -269,8 +334,11 @@ def place_owner(model: nn.Module, owner_name: str, specs: Sequence[Any],
         block = block.to(device=param.device, dtype=param.dtype)
         block.init_cheap_ops()
         made.append((relative, block))
-    replace_module(model, owner_name, rewrite_owner(owner, made))
-    return [f"{owner_name}.{block_module_name(i)}" for i in range(len(made))]
+    rewritten = rewrite_owner(owner, made)
+    if not owner_name:
+        return rewritten, [block_module_name(i) for i in range(len(made))]
+    replace_module(model, owner_name, rewritten)
+    return model, [f"{owner_name}.{block_module_name(i)}" for i in range(len(made))]
 
 
 def block_members(model: nn.Module) -> set[str]:
@@ -381,7 +449,7 @@ def place_stage(model: nn.Module, name: str, branches: Sequence[Sequence[str]], 
         spec = BlockSite(ops=list(ops), kind="residual", owner=_owner(list(ops)), input_shape=(), output_shape=())
         by_owner.setdefault(spec.owner, []).append(spec)
     for owner_name, group in by_owner.items():
-        place_owner(model, owner_name, group, build)
+        place_owner(model, owner_name, group, build)  # inside the stage: never the model itself
     param = next(stage.parameters())
     adaptive = AdaptiveStage(stage, options, gate_hidden)
     adaptive = adaptive.to(device=param.device, dtype=param.dtype)

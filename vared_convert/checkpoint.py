@@ -297,7 +297,7 @@ def model_from_payload(raw: Mapping[str, Any], source: str = "checkpoint",
     spec = _spec_to_build(recorded, arch, source)
     model = build_model(spec)
     if recipe is not None:
-        apply_recipe(model, recipe)
+        model = apply_recipe(model, recipe)
     load_weights(model, raw["state_dict"], spec.name)
     names = raw.get("class_names")
     model.vared_info = ModelInfo(spec, recipe, [str(n) for n in names] if isinstance(names, list) else None)

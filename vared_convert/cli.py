@@ -122,9 +122,10 @@ def convert(
     convert_stem: Annotated[bool, typer.Option(help="Also convert convs that read the input clip.")] = False,
     granularity: Annotated[str, typer.Option(help="block: one gate per block (residual branch, or conv + "
                                              "per-channel ops), its option shrinking all the work inside; stage: "
-                                             "one gate per stage of residual blocks (a temporal option runs the "
-                                             "whole stage on every R-th frame), blocks elsewhere; conv: one gate "
-                                             "per conv (the paper's form).")] = "block",
+                                             "one gate per stage of residual blocks, or per run of plain conv "
+                                             "blocks at one resolution (a temporal option runs the whole stage on "
+                                             "every R-th frame), blocks elsewhere; conv: one gate per conv (the "
+                                             "paper's form).")] = "block",
     time_aware: Annotated[bool, typer.Option("--time-aware", help="Time each converted block and conv on "
                                              "--time-device and keep it static where its gate and cheapest option "
                                              "save under 10% of its time (FLOPs are not time: X3D's 1×1×1 convs "
@@ -186,7 +187,8 @@ def convert(
             table.add_column("share", justify="right")
             table.add_column("why")
             for d in fallback:
-                table.add_row(f"{d.owner} ({d.kind})", f"{100 * d.share:.2f}%", d.reason)
+                where = d.owner if d.kind == "stage" else f"{d.ops[0]} … {d.ops[-1]}"
+                table.add_row(f"{where} ({d.kind})", f"{100 * d.share:.2f}%", d.reason)
             console.print(table)
         if report.block_failure:
             console.print(f"[yellow]note:[/] {report.block_failure}; every conv decided on its own")

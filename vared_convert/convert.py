@@ -439,18 +439,20 @@ def _decide_block(
     min_share: float,
     max_gate_overhead: float,
     min_option_saving: float = DEFAULT_MIN_OPTION_SAVING,
+    fallback: str = "per-conv",
 ) -> BlockDecision:
+    """A block's fate; one that fails a rule leaves its ops to the ``fallback`` rules (a run's: its blocks')."""
     ops = [model.get_submodule(name) for name in site.ops]
     decision = BlockDecision("", site.owner, list(site.ops), site.kind, list(site.conv_names), site.input_shape[1:],
                              site.output_shape[1:], 0, 0.0)
     chosen = next((p for name in [site.owner, *site.ops] if (p := _matches(name, only))), None) if only else None
 
-    def per_conv(reason: str) -> BlockDecision:
-        decision.reason = reason
+    def fall_back(reason: str) -> BlockDecision:
+        decision.reason = f"{fallback}: {reason}"
         return decision
 
     if site.problem is not None:
-        return per_conv(f"per-conv: {site.problem}")
+        return fall_back(site.problem)
     first = ops[0]
     decision.width = first.out_channels
     out_frames = conv_output_frames(site.input_shape[2], first.kernel_size[0], first.stride[0], first.padding[0],
@@ -461,20 +463,20 @@ def _decide_block(
     decision.macs = costs[0].total
     decision.share = decision.macs / total_macs if total_macs else 0.0
     if only and chosen is None:
-        return per_conv("not selected by --only")
+        return fall_back("not selected by --only")
     for name in [site.owner, *site.ops]:
         if (pattern := _matches(name, skip)) is not None:
-            return per_conv(f"skipped by --skip {pattern}")
+            return fall_back(f"skipped by --skip {pattern}")
     if decision.share < min_share and not chosen:
-        return per_conv(f"too cheap (under {100 * min_share:.2g}% of the model's FLOPs)")
+        return fall_back(f"too cheap (under {100 * min_share:.2g}% of the model's FLOPs)")
     if len(options) == 1:
-        return per_conv("no cheaper option (one output frame, grouped convs)")
+        return fall_back("no cheaper option (one output frame, grouped convs)")
     gate = gate_macs(probe, site.input_shape)
     overhead = gate / max(decision.macs, 1)
     if overhead > max_gate_overhead and not chosen:
-        return per_conv(f"gate would cost {100 * overhead:.1f}% of the block (> {100 * max_gate_overhead:.2g}%)")
+        return fall_back(f"gate would cost {100 * overhead:.1f}% of the block (> {100 * max_gate_overhead:.2g}%)")
     if (saving := _saving(min(c.total for c in costs) + gate, decision.macs)) < min_option_saving and not chosen:
-        return per_conv(f"its cheapest option would save {100 * saving:.0f}% of the block, gate and rebuild "
+        return fall_back(f"its cheapest option would save {100 * saving:.0f}% of the block, gate and rebuild "
                         f"included (< {100 * min_option_saving:.0f}%)")
     decision.options = [o.as_list() for o in options]
     decision.gate_hidden = probe.gate.hidden
@@ -583,26 +585,25 @@ def _find_blocks(model: nn.Module, example: torch.Tensor) -> tuple[list[Any], st
     return sites, None
 
 
-def _place_blocks(adaptive: nn.Module, decisions: list[BlockDecision]) -> None:
-    """Rewrite each owner of converted blocks; an owner that cannot be rewritten sends its blocks back to the
-    per-conv rules, with the reason."""
-    from .blocks import place_owner
+def _place_blocks(adaptive: nn.Module, decisions: list[BlockDecision]) -> nn.Module:
+    """Rewrite each owner of converted blocks (see :func:`~vared_convert.blocks.group_by_owner`); an owner that
+    cannot be rewritten sends its blocks back to the per-conv rules, with the reason. Returns the model (a new one
+    where the model itself holds a block)."""
+    from .blocks import group_by_owner, place_owner
 
-    by_owner: dict[str, list[BlockDecision]] = {}
-    for d in decisions:
-        if d.converted:
-            by_owner.setdefault(d.owner, []).append(d)
-    for owner, group in by_owner.items():
+    for owner, group in group_by_owner([d for d in decisions if d.converted]).items():
         specs = [BlockRecipe("", owner, d.ops, d.kind, d.options, d.gate_hidden) for d in group]
         try:
-            names = place_owner(adaptive, owner, specs)
+            adaptive, names = place_owner(adaptive, owner, specs)
         except Exception as exc:
+            where = owner or f"the model's own forward ({type(adaptive).__name__})"
             for d in group:
                 d.options, d.gate_hidden = None, 0
-                d.reason = f"per-conv: {owner} could not be rewritten ({type(exc).__name__}: {_one_line(exc)})"
+                d.reason = f"per-conv: {where} could not be rewritten ({type(exc).__name__}: {_one_line(exc)})"
             continue
         for d, name in zip(group, names):
-            d.name = name
+            d.owner, d.name = owner, name
+    return adaptive
 
 
 def _time_rule(
@@ -661,9 +662,10 @@ def _time_cheapest(layer: AdaptiveLayer, costs_of: Callable[..., list], full_cal
 
 
 def _block_time_rule(original: nn.Module, decisions: list[BlockDecision], min_saving: float, device: torch.device,
-                     only: Sequence[str]) -> None:
+                     only: Sequence[str], fallback: str = "per-conv") -> None:
     """The time-aware rule for blocks: a block whose gate plus cheapest option does not save ``min_saving`` of its
-    ops' time (measured as :func:`_time_rule` measures a conv) goes back to the per-conv rules, with the reason."""
+    ops' time (measured as :func:`_time_rule` measures a conv) goes back to the ``fallback`` rules (a run's: its
+    blocks'), with the reason."""
     from .predict import inference_memory_format
 
     scratch = _scratch(original).to(device=device, memory_format=inference_memory_format(device)).eval()
@@ -686,8 +688,8 @@ def _block_time_rule(original: nn.Module, decisions: list[BlockDecision], min_sa
         timed = _time_cheapest(block, block_option_costs, full_call, d.input_shape, device, min_saving)
         if timed is not None:
             d.options, d.gate_hidden = None, 0
-            d.reason = (f"per-conv: no time to save on {device.type}: gate + cheapest option {timed[1]:.2f} ms vs the "
-                        f"block {timed[0]:.2f} ms")
+            d.reason = (f"{fallback}: no time to save on {device.type}: gate + cheapest option {timed[1]:.2f} ms vs "
+                        f"the block {timed[0]:.2f} ms")
 
 
 # ---------------------------------------------------------------------------------------------- conversion
@@ -852,22 +854,31 @@ def convert(
     block_failure = None
     adaptive = _scratch(original)
     if granularity in ("block", "stage"):
-        block_sites, block_failure = _find_blocks(original, example)
-        if granularity == "stage" and block_sites:
-            block_decisions = _decide_stages(original, example, block_sites, total_macs, temporal, channel, only,
-                                             skip, min_flops_share, max_gate_overhead, min_option_saving)
-            _place_stages(adaptive, block_decisions)
-        stages = [d.owner + "." for d in block_decisions if d.converted]
-        block_decisions += [
-            _decide_block(b, original, total_macs, temporal, channel, only, skip, min_flops_share,
-                          max_gate_overhead, min_option_saving)
-            for b in block_sites if not b.is_stem and not any(op.startswith(tuple(stages)) for op in b.ops)
-        ]
-        if time_aware:
-            from .timing import resolve_device
+        from .timing import resolve_device
 
-            _block_time_rule(original, block_decisions, min_time_saving, resolve_device(str(time_device)), only)
-        _place_blocks(adaptive, [d for d in block_decisions if d.kind != "stage"])
+        block_sites, block_failure = _find_blocks(original, example)
+        rules = (total_macs, temporal, channel, only, skip, min_flops_share, max_gate_overhead, min_option_saving)
+        if granularity == "stage" and block_sites:
+            from .blocks import find_runs
+
+            block_decisions = _decide_stages(original, example, block_sites, *rules)
+            _place_stages(adaptive, block_decisions)
+            stages = tuple(d.owner + "." for d in block_decisions if d.converted)
+            runs = [_decide_block(r, original, *rules, fallback="per-block") for r in find_runs(original, block_sites)
+                    if not any(op.startswith(stages) for op in r.ops)]
+            if time_aware:
+                _block_time_rule(original, runs, min_time_saving, resolve_device(str(time_device)), only, "per-block")
+            block_decisions += runs
+        covered = tuple(d.owner + "." for d in block_decisions if d.converted and d.kind == "stage")
+        in_runs = {op for d in block_decisions if d.converted and d.kind == "run" for op in d.ops}
+        blocks = [_decide_block(b, original, *rules) for b in block_sites
+                  if not b.is_stem and not any(op.startswith(covered) or op in in_runs for op in b.ops)]
+        if time_aware:
+            _block_time_rule(original, blocks, min_time_saving, resolve_device(str(time_device)), only)
+        block_decisions += blocks
+        graph_order = {op: i for i, site in enumerate(block_sites) for op in site.ops}
+        block_decisions.sort(key=lambda d: graph_order.get(d.ops[0], -1) if d.ops else -1)
+        adaptive = _place_blocks(adaptive, [d for d in block_decisions if d.kind != "stage"])
     in_blocks = {f"{op}.{sub}" if sub else op for d in block_decisions if d.converted
                  for op in (d.ops if d.kind != "stage" else [d.owner])
                  for sub, m in original.get_submodule(op).named_modules() if isinstance(m, nn.Conv3d)}

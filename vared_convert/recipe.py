@@ -104,12 +104,13 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def apply_recipe(model: nn.Module, recipe: Recipe) -> nn.Module:
     """Rebuild ``recipe``'s adaptive blocks (rewriting the modules that hold them) and swap each conv it names
-    for a :class:`DynamicConv3d` with the recorded options, in place."""
+    for a :class:`DynamicConv3d` with the recorded options, in place; returns the model (a new one where a block
+    is held by the model's own forward, which is then rewritten)."""
     if recipe.blocks:
         from .blocks import place_blocks
 
         try:
-            place_blocks(model, recipe.blocks)
+            model, _ = place_blocks(model, recipe.blocks)
         except (AttributeError, ValueError, TypeError, KeyError, IndexError) as exc:
             raise VaredError(f"the recipe's blocks do not fit this architecture: {exc}") from exc
     for layer in recipe.layers:

@@ -1,7 +1,7 @@
 """AdaptiveBlock: one gate decides for a run of layers, and its option shrinks all the work inside the run.
 
 A block runs the original modules of a linear chain in order (they stay where the network registered them, so
-every parameter keeps its name; the block holds them by reference). Two kinds:
+every parameter keeps its name; the block holds them by reference). Three kinds:
 
 * ``"residual"``: the branch of a residual add, with at least two convs. Temporal option ``R``: the first conv's
   temporal stride is multiplied by ``R``, so the whole branch runs on every R-th frame, and φ_t rebuilds the
@@ -12,6 +12,10 @@ every parameter keeps its name; the block holds them by reference). Two kinds:
 * ``"chain"``: in a plain chain, one conv and the per-channel ops after it (BatchNorm, activations), up to the
   next op that mixes what an option drops. The computed part is an exact slice of the chain's full output;
   φ_s and φ_t rebuild the rest at its exit, after BatchNorm and activation, which therefore shrink too.
+* ``"run"``: two or more chain blocks in a row at one resolution (a plain network's stage: the first may stride,
+  the others keep the frame count and the size). Options act as a residual block's do: the whole run works on every
+  R-th frame and φ_t rebuilds the frames once at its exit; a channel option shrinks the widths between its convs and
+  the last conv writes the run's full width. One gate, one rebuild and one decision for the whole run.
 
 Weights are contiguous prefixes of the original ones: an output-channel prefix ``W[:k]`` is a view; an
 input-channel prefix ``W[:, :k]`` is a copy, which inference makes once per weight version and reuses.
@@ -35,7 +39,7 @@ from .rebuild import ChannelRebuild, FrameRebuild, memory_format_of, tensor_stam
 
 __all__ = ["AdaptiveBlock", "BLOCK_KINDS", "op_kind", "block_problem", "keeps_frames", "shrinks_channels"]
 
-BLOCK_KINDS = ("residual", "chain")
+BLOCK_KINDS = ("residual", "chain", "run")
 Conv3dFunction = Callable[..., torch.Tensor]
 
 _POINTWISE = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.GELU, nn.LeakyReLU,
@@ -82,8 +86,8 @@ def block_problem(ops: Sequence[nn.Module], kind: str) -> str | None:
     convs = [m for m in ops if isinstance(m, nn.Conv3d)]
     if not convs or not isinstance(ops[0], nn.Conv3d):
         return "a block starts with a conv"
-    if kind == "residual" and len(convs) < 2:
-        return "a residual block needs two convs (an inner width to shrink)"
+    if kind in ("residual", "run") and len(convs) < 2:
+        return f"a {kind} block needs two convs (an inner width to shrink)"
     if kind == "chain" and (len(convs) > 1 or any(op_kind(m) == "se" for m in ops)):
         return "a chain block is one conv and per-channel ops"
     return None
@@ -98,11 +102,11 @@ def keeps_frames(ops: Sequence[nn.Module]) -> bool:
 
 def shrinks_channels(ops: Sequence[nn.Module], kind: str) -> bool:
     """Whether a channel option can shrink the block: no grouped convs (depthwise ones shrink with the width),
-    and, in a residual block, a last conv that can read fewer channels than it writes."""
+    and, in a residual block or a run, a last conv that can read fewer channels than it writes."""
     convs = [m for m in ops if isinstance(m, nn.Conv3d)]
     if any(c.groups > 1 and not _depthwise(c) for c in convs):
         return False
-    return not (kind == "residual" and _depthwise(convs[-1]))
+    return not (kind != "chain" and _depthwise(convs[-1]))
 
 
 def _relu_into(x: torch.Tensor, out: torch.Tensor) -> None:
@@ -131,7 +135,7 @@ class AdaptiveBlock(AdaptiveLayer):
         convs = [m for m in ops if isinstance(m, nn.Conv3d)]
         self._first, self._last = convs[0], convs[-1]
         self.in_channels, self.width = convs[0].in_channels, convs[0].out_channels
-        self.out_channels = convs[-1].out_channels if kind == "residual" else self.width
+        self.out_channels = convs[-1].out_channels if kind != "chain" else self.width
 
         opts = [o if isinstance(o, ConvOption) else ConvOption(int(o[0]), int(o[1])) for o in options]
         opts = [ConvOption(o.temporal, o.channels or self.width) for o in opts]
@@ -151,7 +155,7 @@ class AdaptiveBlock(AdaptiveLayer):
 
         self.channel_counts = sorted({o.channels for o in opts if o.channels < self.width}, reverse=True)
         self.temporal_factors = sorted({o.temporal for o in opts if o.temporal > 1})
-        counts = self.channel_counts if kind == "chain" else []  # a residual block keeps its width: no φ_s
+        counts = self.channel_counts if kind == "chain" else []  # residual blocks and runs keep their width: no φ_s
         self.rebuild_channels = nn.ModuleList(ChannelRebuild(k, self.width) for k in counts)
         self.rebuild_frames = nn.ModuleList(FrameRebuild(self.out_channels, r) for r in self.temporal_factors)
         self.gate = SoftModulationGate(self.in_channels, len(opts), gate_hidden or default_gate_hidden(self.in_channels))
@@ -189,7 +193,7 @@ class AdaptiveBlock(AdaptiveLayer):
         for i, m in enumerate(self._ops):
             kind = op_kind(m)
             if kind == "conv":
-                last = m is convs[-1] and self.kind == "residual"
+                last = m is convs[-1] and self.kind != "chain"
                 if _depthwise(m):  # its first k outputs read only its first k inputs
                     out = channel_count(ratio, m.out_channels) if m is convs[0] else width
                     width = out
@@ -313,7 +317,7 @@ class AdaptiveBlock(AdaptiveLayer):
             return self.rebuild(computed, option, self.output_frames(x.shape[2]), fast)
 
     def _rebuilds_frames_only(self, option: ConvOption) -> bool:
-        return self.kind == "residual" or option.channels == self.width
+        return self.kind != "chain" or option.channels == self.width
 
     def _writer(self, step: tuple) -> Callable[[torch.Tensor, torch.Tensor], object] | None:
         """How the plan's last step can write its result into a given view (``None`` when it cannot): an inference
