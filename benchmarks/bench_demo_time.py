@@ -8,7 +8,8 @@ side in interleaved rounds (median of ``--repeats``):
 * ``static bound``: the original network cut as the adaptive model's most frequent decisions cut it in time, with
   nothing added: the first block that skips frames runs with its temporal stride multiplied and every later block
   runs on those frames (no gates, no φ_t, no rebuild). What any method pays at that cost on this network; only for
-  policies that cut frames alone, by one factor, in chain blocks that keep the frame count after the first cut;
+  policies that cut frames alone, by one factor, in chain blocks or runs that keep the frame count after the first
+  cut;
 * ``most frequent, forced``: the adaptive model with every layer forced to its most frequent decision (rebuilds,
   no gates);
 * ``own decisions, forced``: each clip forced to the decisions its gates take (rebuilds and the decision mix, no
@@ -44,7 +45,7 @@ def static_bound(original: nn.Module, adaptive: nn.Module, policy: list[int]) ->
     factor = 1
     for (name, layer), index in zip(adaptive_layers(adaptive), policy):
         option = layer.options[index]
-        if option.channels < layer.width or not isinstance(layer, AdaptiveBlock) or layer.kind != "chain":
+        if option.channels < layer.width or not isinstance(layer, AdaptiveBlock) or layer.kind == "residual":
             return None
         if option.temporal == 1:
             if factor > 1:

@@ -49,3 +49,17 @@ def test_static_bound_skips_frames_from_the_first_cut_on_with_nothing_added():
     assert bench.static_bound(original, adaptive, [0, 0, 0]) is None  # nothing cut in time
     assert bench.static_bound(original, adaptive, [half[0], 0, half[2]]) is None  # a full-rate block after a cut
     assert bench.static_bound(original, adaptive, [0, option_index(layers[1], 2, 0.5), half[2]]) is None  # channels
+
+
+def test_static_bound_of_a_run_strides_its_first_conv():
+    """At stage granularity block2 and block3 are one run (one layer): its frame skip is block2's stride."""
+    bench = _bench()
+    torch.manual_seed(0)
+    original = demo_c3d(num_classes=8, width=4).eval()
+    adaptive = convert(copy.deepcopy(original), CLIP, granularity="stage").model.eval()
+    layers = [layer for _, layer in adaptive_layers(adaptive)]
+    assert [layer.kind for layer in layers] == ["chain", "run"]
+    bound = bench.static_bound(original, adaptive, [0, option_index(layers[1], 2, 1.0)])
+    assert tuple(bound.block2[0].stride) == (2, 2, 2) and tuple(bound.block3[0].stride) == (1, 1, 1)
+    assert tuple(bound.block1[0].stride) == (1, 1, 1)
+    assert bench.static_bound(original, adaptive, [0, option_index(layers[1], 2, 0.5)]) is None  # channels

@@ -38,8 +38,9 @@ from .nn import AdaptiveBlock, AdaptiveLayer, DynamicConv3d, adaptive_layers, op
 from .nn.block import block_problem
 from .nn.stage import RESERVED_NAMES, AdaptiveStage, StageBranch
 
-__all__ = ["BlockSite", "BlockTracer", "RewrittenModule", "StageSite", "block_members", "block_module_name", "find_blocks", "find_runs",
-           "find_stages", "group_by_owner", "place_blocks", "place_owner", "place_stage", "rewrite_owner"]
+__all__ = ["BlockSite", "BlockTracer", "RewrittenModule", "StageSite", "block_members", "block_module_name",
+           "find_blocks", "find_runs", "find_stages", "group_by_owner", "place_blocks", "place_owner", "place_stage",
+           "rewrite_owner"]
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 TOP_LEVEL = "its ops are called by the model's top-level forward (no module holds them)"
