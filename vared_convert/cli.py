@@ -618,7 +618,9 @@ def demo(
     force: Annotated[bool, typer.Option(help="Replace an earlier demo run in --out (only the files it wrote), and an "
                                         "existing --json file.")] = False,
     as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON to this file.")] = None,
-    granularity: Annotated[str, typer.Option(help="vared convert --granularity: block, stage or conv.")] = "block",
+    granularity: Annotated[Optional[str], typer.Option(help="vared convert --granularity: block, stage or conv "
+                                                       "[default: stage, one gate for the demo network's two "
+                                                       "spatio-temporal blocks].")] = None,
 ) -> None:
     """The whole tool end to end on a synthetic dataset: train, convert, finetune, profile, export (CPU, no download)."""
     from rich.panel import Panel
@@ -641,7 +643,9 @@ def demo(
         return lambda n: bars.advance(task, n)
 
     with bars:
-        settings = dataclasses.replace(QUICK if quick else FULL, granularity=granularity)
+        settings = QUICK if quick else FULL
+        if granularity is not None:
+            settings = dataclasses.replace(settings, granularity=granularity)
         result = run_demo(out, settings, force=force, on_step=on_step, progress=progress,
                           on_finetune_event=display.on_event, json_out=as_json)
 
