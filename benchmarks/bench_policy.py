@@ -162,7 +162,7 @@ def run(data: str | None, model_path: str | None, out: Path, b: Budget) -> list[
     from vared_convert.data.layouts import index_dataset
     from vared_convert.data.synthetic import write_synthetic_dataset
     from vared_convert.export import most_frequent_policy, policy_labels
-    from vared_convert.nn import adaptive_layers
+    from vared_convert.nn import adaptive_layers, runs_cheap_ops
     from vared_convert.predict import evaluate
     from vared_convert.profile import original_network
     from vared_convert.train.finetune import finetune
@@ -267,8 +267,12 @@ def run(data: str | None, model_path: str | None, out: Path, b: Budget) -> list[
             add(target, "searched", " ".join(policy_labels(adaptive, searched).values()), adaptive, searched)
         option, _ = alt.nearest(uniform.items(), target, ratio=lambda item: item[1])
         label = f"{option[0]},{option[1]:g}"
-        model = static_finetune(f"uniform_{label}", dict(static_option=label, target_flops=target))
-        add(target, "uniform", f"every layer {label}", model, alt.uniform_policy(model, option))
+        if runs_cheap_ops(converted, option):
+            model = static_finetune(f"uniform_{label}", dict(static_option=label, target_flops=target))
+            add(target, "uniform", f"every layer {label}", model, alt.uniform_policy(model, option))
+        else:  # no cheap op runs at that option: finetuning the cheap ops (as every method does) changes nothing
+            model = converted.to(memory_format=layout)
+            add(target, "uniform", f"every layer {label}, nothing to finetune", model, alt.uniform_policy(model, option))
         for kind, sizes in (("fewer frames", frames_sizes), ("smaller crop", crop_sizes)):
             size = alt.nearest(sizes, target)
             model = static_finetune(f"{size.kind}_{size.frames}x{size.stride}_{size.size}", dict(

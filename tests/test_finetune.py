@@ -14,7 +14,9 @@ import torch
 import torch.multiprocessing as mp
 
 from finetune_helpers import CLIP, converted_tiny, ddp_worker, tiny_dataset
-from vared_convert.checkpoint import load_model
+from vared_convert.arch import ArchSpec, build_model
+from vared_convert.checkpoint import load_model, save_model
+from vared_convert.convert import convert
 from vared_convert.errors import VaredError
 from vared_convert.train.finetune import finetune
 from vared_convert.train.state import load_training_state
@@ -191,3 +193,22 @@ def test_a_refused_resume_leaves_the_run_untouched(setup, tmp_path):
     with pytest.raises(VaredError, match="does not match"):
         finetune(other, dict(CLIP, data=str(data), lr=0.5), resume=run / "last.pth", force=True)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_a_static_option_that_runs_no_cheap_op_is_refused_in_one_line(setup, tmp_path):
+    """A run (as a residual block or a stage) at a channel option with every frame rebuilds nothing: with every
+    gate fixed, `--train gates` would train nothing (and backward would fail on a loss without gradient). The
+    refusal comes before any step; a temporal option trains the run's φ_t."""
+    _, data, _ = setup
+    torch.manual_seed(0)
+    spec = ArchSpec("vared:tiny_c3d", 8, {"width": 8})
+    result = convert(build_model(spec), (3, CLIP["frames"], CLIP["size"], CLIP["size"]), arch=spec,
+                     granularity="stage", skip=["block1"])
+    assert [d.kind for d in result.report.converted_blocks] == ["run"] and not result.report.converted
+    path = save_model(result.model, tmp_path / "run.pth")
+    with pytest.raises(VaredError, match="--static-option 1,0.5: no layer .* nothing to learn"):
+        finetune(path, dict(CLIP, data=str(data), static_option="1,0.5", run_dir=str(tmp_path / "a")))
+    assert not (tmp_path / "a").exists()
+    trained = finetune(path, dict(CLIP, data=str(data), static_option="2,1", epochs=1, max_steps=2,
+                                  run_dir=str(tmp_path / "b")))
+    assert trained.last is not None and (trained.run_dir / "final.pth").exists()

@@ -17,7 +17,7 @@ from .layer import (
     recording,
     set_execution,
 )
-from .policy import dynamic_convs, forced_policy, option_index, set_policy, set_temperature
+from .policy import dynamic_convs, forced_policy, option_index, runs_cheap_ops, set_policy, set_temperature
 from .rebuild import ChannelRebuild, FrameRebuild, memory_format_of
 from .stage import AdaptiveStage, StageBranch
 
@@ -49,6 +49,7 @@ __all__ = [
     "op_kind",
     "option_index",
     "recording",
+    "runs_cheap_ops",
     "set_execution",
     "set_policy",
     "set_temperature",

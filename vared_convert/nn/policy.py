@@ -10,7 +10,7 @@ from torch import nn
 from .dynamic_conv import DynamicConv3d, channel_count
 from .layer import AdaptiveLayer, Policy, adaptive_layers
 
-__all__ = ["dynamic_convs", "set_policy", "forced_policy", "set_temperature", "option_index"]
+__all__ = ["dynamic_convs", "set_policy", "forced_policy", "set_temperature", "option_index", "runs_cheap_ops"]
 
 
 def dynamic_convs(model: nn.Module) -> list[tuple[str, DynamicConv3d]]:
@@ -28,6 +28,16 @@ def option_index(layer: AdaptiveLayer, temporal: int, channel_ratio: float) -> i
     wanted = [(temporal, k), (1, k), (temporal, layer.width), (1, layer.width)]
     index = {(o.temporal, o.channels): i for i, o in enumerate(layer.options)}
     return next(index[w] for w in wanted if w in index)
+
+
+def runs_cheap_ops(model: nn.Module, option: tuple[int, float]) -> bool:
+    """Whether some adaptive layer of ``model`` rebuilds frames or channels (φ_t, φ_s) at ``option``: a residual
+    block, a run or a stage at a channel option with every frame rebuilds nothing, so no cheap op runs there."""
+    for _, layer in adaptive_layers(model):
+        o = layer.options[option_index(layer, *option)]
+        if o.temporal > 1 or (o.channels < layer.width and len(getattr(layer, "rebuild_channels", ()))):
+            return True
+    return False
 
 
 def set_policy(model: nn.Module, policy: Policy | tuple[int, float]) -> None:

@@ -25,7 +25,8 @@ from ..checkpoint import save_model
 from ..errors import Terminated, VaredError
 from ..flops import CostModel
 from ..latency import cost_model
-from ..nn import AdaptiveLayer, adaptive_layers, channel_count, forced_policy, recording, set_policy, set_temperature
+from ..nn import (AdaptiveLayer, adaptive_layers, channel_count, forced_policy, recording, runs_cheap_ops, set_policy,
+                  set_temperature)
 from ..recipe import model_info
 from .config import FinetuneConfig
 from .distributed import Runtime
@@ -157,6 +158,12 @@ class Finetuner:
                 check_option(self.model, self.policy)
             except VaredError as exc:
                 raise VaredError(str(exc).replace("--option", "--static-option", 1)) from None
+            if config.train != "all" and not config.reset_head and not runs_cheap_ops(self.model, self.policy):
+                raise VaredError(
+                    f"--static-option {config.static_option}: no layer of this model rebuilds frames or channels at "
+                    f"that option, so --train {config.train} has nothing to learn (the model runs it as it is; "
+                    f"--train all finetunes the network at that option)"
+                )
         self.costs = cost_model(self.model, clip_shape, config.cost, config.latency_table)
         self.kinds = option_kinds(self.model)
         self.kind_index = [_layer_kind_index(layer, self.kinds) for layer in self.layers]
