@@ -176,13 +176,11 @@ def find_blocks(model: nn.Module, example: torch.Tensor) -> list[BlockSite]:
 
 
 def _merge_nested_owners(sites: list[BlockSite]) -> None:
-    """Where one block's owner lies inside another's, both are rewritten in the outer one."""
-    owners = sorted({s.owner for s in sites if s.owner}, key=len)
-    for site in sites:
-        for outer in owners:
-            if site.owner != outer and site.owner.startswith(outer + "."):
-                site.owner = outer
-                break
+    """Where one block's owner lies inside another's, both are rewritten in the outer one (:func:`group_by_owner`;
+    blocks that no module holds keep no owner)."""
+    for outer, group in group_by_owner([s for s in sites if s.owner]).items():
+        for site in group:
+            site.owner = outer
 
 
 def find_runs(model: nn.Module, sites: Sequence[BlockSite]) -> list[BlockSite]:

@@ -668,12 +668,14 @@ def _block_time_rule(original: nn.Module, decisions: list[BlockDecision], min_sa
     blocks'), with the reason."""
     from .predict import inference_memory_format
 
+    candidates = [d for d in decisions
+                  if d.converted and d.kind != "stage" and not any(_matches(c, only) for c in d.convs)]
+    if not candidates:  # nothing to time: no scratch copy of the model
+        return
     scratch = _scratch(original).to(device=device, memory_format=inference_memory_format(device)).eval()
     kernel = resolve_kernel("auto", device)
     set_conv_kernel(scratch, kernel)
-    for d in decisions:
-        if not d.converted or d.kind == "stage" or any(_matches(c, only) for c in d.convs):
-            continue
+    for d in candidates:
         ops = [scratch.get_submodule(op) for op in d.ops]
         param = next(ops[0].parameters())
         block = AdaptiveBlock(ops, d.kind, d.options, d.gate_hidden).to(device=device, dtype=param.dtype)
@@ -858,6 +860,7 @@ def convert(
 
         block_sites, block_failure = _find_blocks(original, example)
         rules = (total_macs, temporal, channel, only, skip, min_flops_share, max_gate_overhead, min_option_saving)
+        stages: tuple[str, ...] = ()  # the converted stages' prefixes: their blocks are theirs
         if granularity == "stage" and block_sites:
             from .blocks import find_runs
 
@@ -869,10 +872,9 @@ def convert(
             if time_aware:
                 _block_time_rule(original, runs, min_time_saving, resolve_device(str(time_device)), only, "per-block")
             block_decisions += runs
-        covered = tuple(d.owner + "." for d in block_decisions if d.converted and d.kind == "stage")
         in_runs = {op for d in block_decisions if d.converted and d.kind == "run" for op in d.ops}
         blocks = [_decide_block(b, original, *rules) for b in block_sites
-                  if not b.is_stem and not any(op.startswith(covered) or op in in_runs for op in b.ops)]
+                  if not b.is_stem and not any(op.startswith(stages) or op in in_runs for op in b.ops)]
         if time_aware:
             _block_time_rule(original, blocks, min_time_saving, resolve_device(str(time_device)), only)
         block_decisions += blocks
