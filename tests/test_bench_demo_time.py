@@ -26,12 +26,17 @@ def _bench():
     return module
 
 
-def test_static_bound_skips_frames_from_the_first_cut_on_with_nothing_added():
-    bench = _bench()
+def _demo_model(granularity: str):
+    """A small demo_c3d and its conversion at ``granularity``, with the adaptive layers."""
     torch.manual_seed(0)
     original = demo_c3d(num_classes=8, width=4).eval()
-    adaptive = convert(copy.deepcopy(original), CLIP, granularity="block").model.eval()
-    layers = [layer for _, layer in adaptive_layers(adaptive)]
+    adaptive = convert(copy.deepcopy(original), CLIP, granularity=granularity).model.eval()
+    return original, adaptive, [layer for _, layer in adaptive_layers(adaptive)]
+
+
+def test_static_bound_skips_frames_from_the_first_cut_on_with_nothing_added():
+    bench = _bench()
+    original, adaptive, layers = _demo_model("block")
     assert len(layers) == 3  # block1, block2, block3 (the stem stays static)
     half = [option_index(layer, 2, 1.0) for layer in layers]
 
@@ -54,10 +59,7 @@ def test_static_bound_skips_frames_from_the_first_cut_on_with_nothing_added():
 def test_static_bound_of_a_run_strides_its_first_conv():
     """At stage granularity block2 and block3 are one run (one layer): its frame skip is block2's stride."""
     bench = _bench()
-    torch.manual_seed(0)
-    original = demo_c3d(num_classes=8, width=4).eval()
-    adaptive = convert(copy.deepcopy(original), CLIP, granularity="stage").model.eval()
-    layers = [layer for _, layer in adaptive_layers(adaptive)]
+    original, adaptive, layers = _demo_model("stage")
     assert [layer.kind for layer in layers] == ["chain", "run"]
     bound = bench.static_bound(original, adaptive, [0, option_index(layers[1], 2, 1.0)])
     assert tuple(bound.block2[0].stride) == (2, 2, 2) and tuple(bound.block3[0].stride) == (1, 1, 1)

@@ -91,6 +91,15 @@ def test_chain_block_computed_part_is_the_exact_slice_of_the_full_chain():
             torch.testing.assert_close(out[:, : option.channels, :: option.temporal], part)
 
 
+def pin_gates(layers, option: tuple[int, float]) -> None:
+    """Make every gate of ``layers`` pick ``option`` whatever its input (the gates still run and decide)."""
+    with torch.no_grad():
+        for layer in layers:
+            layer.gate.fc2.weight.zero_()
+            layer.gate.fc2.bias.zero_()
+            layer.gate.fc2.bias[option_index(layer, *option)] = 10.0
+
+
 def _executed_macs(model: nn.Module, x: torch.Tensor) -> tuple[float, "object"]:
     """Multiply-adds of every conv and matrix product the eager inference path runs (FlopCounterMode counts
     FLOPs = 2 × MACs), with the decisions taken."""
@@ -129,11 +138,7 @@ def test_executed_macs_equal_the_analytic_cost_of_the_decisions(granularity):
     assert any(isinstance(layer, AdaptiveBlock) for layer in layers) == (granularity == "block")
     assert any(isinstance(layer, AdaptiveStage) for layer in layers) == (granularity == "stage")
     for option in [(1, 1.0), (1, 0.5), (1, 0.25), (2, 1.0), (2, 0.5), (2, 0.25)]:
-        with torch.no_grad():
-            for layer in layers:  # pin every gate to the option: the gates still run and decide
-                layer.gate.fc2.weight.zero_()
-                layer.gate.fc2.bias.zero_()
-                layer.gate.fc2.bias[option_index(layer, *option)] = 10.0
+        pin_gates(layers, option)
         x = torch.randn(1, *SHAPE)
         executed, decisions = _executed_macs(model, x)
         assert executed == pytest.approx(_analytic_executed(model, original, x, decisions), rel=0.01), option

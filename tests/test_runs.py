@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from test_blocks import _analytic_executed, _executed_macs
+from test_blocks import _analytic_executed, _executed_macs, pin_gates
 from test_export import ort_session
 from vared_convert.arch import ArchSpec, build_model
 from vared_convert.checkpoint import load_model, save_model
@@ -111,11 +111,7 @@ def test_run_option_costs_match_fvcore_and_executed_macs_the_decisions(demo_runs
     assert costs[option_index(run, 2, 0.5)].conv < 0.3 * costs[0].conv
     layers = [layer for _, layer in adaptive_layers(model)]
     for option in [(1, 0.5), (2, 1.0), (2, 0.25)]:
-        with torch.no_grad():
-            for layer in layers:
-                layer.gate.fc2.weight.zero_()
-                layer.gate.fc2.bias.zero_()
-                layer.gate.fc2.bias[option_index(layer, *option)] = 10.0
+        pin_gates(layers, option)
         clip = torch.randn(1, *SHAPE)
         executed, decisions = _executed_macs(model, clip)
         assert executed == pytest.approx(_analytic_executed(model, original, clip, decisions), rel=0.01), option
