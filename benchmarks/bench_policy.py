@@ -10,8 +10,8 @@ for each FLOPs target:
   clips, the most accurate kept (an exhaustive search, for models of few layers), on the adaptive model's weights;
 * ``random``: each clip's option drawn, layer by layer, from the adaptive model's decision frequencies on the
   training clips (the same mean cost, blind to the input), on the adaptive model's weights;
-* ``uniform``: the search-space option whose FLOPs are nearest τ at every layer, its cheap ops finetuned the same
-  way (``--static-option T,C``);
+* ``uniform``: the search-space option whose FLOPs are nearest τ at every layer (each of them, when several cost
+  the same), its cheap ops finetuned the same way (``--static-option T,C``);
 * ``fewer frames`` / ``smaller crop``: the original network on the input size whose FLOPs are nearest τ (same time
   span), finetuned the same way (``--static-option 1,1 --train all``).
 
@@ -24,8 +24,9 @@ Prints the table, writes ``policy.json`` and the accuracy-against-FLOPs plot ``p
     python benchmarks/bench_policy.py [DATA] [--model CONVERTED.pth] [--targets 0.5,0.55,0.75] [--epochs 16]
     python benchmarks/bench_policy.py --quick --out /tmp/bp     # a tiny end-to-end run (the test runs it)
 
-Without DATA, the demo's synthetic dataset is written into ``--out``; without ``--model``, vared's
-``tiny_c3d`` (the demo's network until 2026-12-07) is trained on DATA and converted (block granularity).
+Without DATA, the demo's synthetic dataset is written into ``--out``; without ``--model``, the demo's network
+(``demo_c3d``) is trained on DATA and converted as ``vared demo`` converts it (stage granularity, time-aware,
+temporal factors 1, 2 and 4).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Budget:
     flops_weight: float = DEMO.flops_weight
     tau_end: float = DEMO.tau_end
     relaxation: str = DEMO.relaxation
+    time_aware: bool = DEMO.time_aware  # converting: no gate where it cannot save time on this CPU
     val_clips: int = 2
     policy_clips: int = 256  # training clips the most frequent and random policies are read from
     timing_clips: int = 16
@@ -80,8 +82,8 @@ class Budget:
 
 QUICK = Budget(targets=(0.6,), train_per_class=3, val_per_class=1, video_frames=12, video_size=32, frames=4,
                size=32, width=8, baseline_epochs=2, baseline_clips=2, epochs=2, warmup_epochs=0, train_clips=1,
-               batch_size=4, lr=2e-2, flops_weight=20.0, tau_end=0.5, val_clips=1, policy_clips=24, timing_clips=2,
-               repeats=2, workers=0)
+               batch_size=4, lr=2e-2, flops_weight=20.0, tau_end=0.5, time_aware=False, val_clips=1, policy_clips=24,
+               timing_clips=2, repeats=2, workers=0)
 
 
 @dataclass
@@ -113,28 +115,18 @@ def _prepare(out: Path, force: bool, keep_runs: bool) -> None:
 
 
 def _baseline(index: Any, b: Budget, out: Path) -> Path:
-    """The demo's stand-in for a pretrained model, trained on the data and converted: the converted file."""
+    """The demo's stand-in for a pretrained model, trained on the data and converted as the demo converts it."""
     from vared_convert.arch import ArchSpec
-    from vared_convert.baseline import tiny_c3d
     from vared_convert.checkpoint import save_model, save_torch_file
     from vared_convert.convert import convert
-    from vared_convert.data.dataset import VideoClipDataset, make_loader
-    from vared_convert.train.supervised import train_classifier
+    from vared_convert.demo import ARCH, conversion_options, train_baseline
 
-    torch.manual_seed(b.seed)
-    train_set = VideoClipDataset.from_index(index, "train", clips_per_video=b.baseline_clips, frames=b.frames,
-                                            stride=b.stride, size=b.size, normalization="kinetics", seed=b.seed)
-    loader = make_loader(train_set, b.batch_size, b.workers, shuffle=True, drop_last=True, seed=b.seed)
-
-    def epochs(epoch: int):
-        loader.set_epoch(epoch)
-        return loader
-
-    model = train_classifier(tiny_c3d(len(index.classes), b.width), epochs, len(loader), b.baseline_epochs, lr=3e-3)
+    settings = replace(DEMO, frames=b.frames, stride=b.stride, size=b.size, width=b.width, batch_size=b.batch_size,
+                       baseline_epochs=b.baseline_epochs, baseline_clips=b.baseline_clips, time_aware=b.time_aware)
+    model = train_baseline(index, settings, seed=b.seed, workers=b.workers)
     save_torch_file(model.state_dict(), out / "baseline.pth", force=True)
-    result = convert(model, (3, b.frames, b.size, b.size), arch=ArchSpec("vared:tiny_c3d", len(index.classes),
-                                                                         {"width": b.width}),
-                     class_names=list(index.classes))
+    result = convert(model, (3, b.frames, b.size, b.size), arch=ArchSpec(ARCH, len(index.classes), {"width": b.width}),
+                     class_names=list(index.classes), **conversion_options(settings))
     return save_model(result.model, out / "converted.pth", force=True)
 
 
@@ -265,14 +257,15 @@ def run(data: str | None, model_path: str | None, out: Path, b: Budget) -> list[
         searched = alt.searched_policy(adaptive, train_batches, adaptive_row.flops_ratio)
         if searched is not None:
             add(target, "searched", " ".join(policy_labels(adaptive, searched).values()), adaptive, searched)
-        option, _ = alt.nearest(uniform.items(), target, ratio=lambda item: item[1])
-        label = f"{option[0]},{option[1]:g}"
-        if runs_cheap_ops(converted, option):
-            model = static_finetune(f"uniform_{label}", dict(static_option=label, target_flops=target))
-            add(target, "uniform", f"every layer {label}", model, alt.uniform_policy(model, option))
-        else:  # no cheap op runs at that option: finetuning the cheap ops (as every method does) changes nothing
-            model = converted.to(memory_format=layout)
-            add(target, "uniform", f"every layer {label}, nothing to finetune", model, alt.uniform_policy(model, option))
+        for option in alt.nearest_uniform(uniform, target):
+            label = f"{option[0]},{option[1]:g}"
+            if runs_cheap_ops(converted, option):
+                model = static_finetune(f"uniform_{label}", dict(static_option=label, target_flops=target))
+                add(target, "uniform", f"every layer {label}", model, alt.uniform_policy(model, option))
+            else:  # no cheap op runs at that option: finetuning the cheap ops (as every method does) changes nothing
+                model = converted.to(memory_format=layout)
+                add(target, "uniform", f"every layer {label}, nothing to finetune", model,
+                    alt.uniform_policy(model, option))
         for kind, sizes in (("fewer frames", frames_sizes), ("smaller crop", crop_sizes)):
             size = alt.nearest(sizes, target)
             model = static_finetune(f"{size.kind}_{size.frames}x{size.stride}_{size.size}", dict(

@@ -67,3 +67,13 @@ def test_no_policy_outside_the_band_or_beyond_the_search_limit(model_and_costs):
     batches = _batches(model, costs, policies[0][0])
     assert searched_policy(model, batches, 5.0) is None  # nothing costs five times the original
     assert searched_policy(model, batches, policies[0][1], max_policies=len(policies) - 1) is None
+
+
+def test_every_uniform_option_of_the_nearest_cost_is_an_alternative():
+    from vared_convert.alternatives import nearest_uniform
+
+    # fewer frames and fewer channels can cost the same: both are what a user could fix instead
+    options = {(1, 1.0): 1.0, (1, 0.5): 0.55, (2, 1.0): 0.549, (2, 0.5): 0.323, (4, 1.0): 0.323, (1, 0.25): 0.323}
+    assert sorted(nearest_uniform(options, 0.35)) == [(1, 0.25), (2, 0.5), (4, 1.0)]
+    assert sorted(nearest_uniform(options, 0.5)) == [(1, 0.5), (2, 1.0)]
+    assert nearest_uniform(options, 0.9) == [(1, 1.0)]

@@ -27,7 +27,7 @@ from .nn import adaptive_layers, option_index, recording
 from .recipe import model_info
 
 __all__ = ["InputSize", "StaticResult", "best_static", "decision_frequencies", "full_policy", "input_sizes",
-           "nearest", "original_macs", "searched_policy", "static_alternatives", "uniform_options", "uniform_policy"]
+           "nearest", "nearest_uniform", "original_macs", "searched_policy", "static_alternatives", "uniform_options", "uniform_policy"]
 
 
 def original_macs(model: nn.Module, clip_shape: Sequence[int]) -> int:
@@ -98,6 +98,14 @@ def input_sizes(model: nn.Module, clip_shape: Sequence[int], stride: int, kind: 
 def nearest(items: Iterable, target: float, ratio=lambda item: item.flops_ratio):
     """The item whose FLOPs ratio is closest to ``target``."""
     return min(items, key=lambda item: abs(ratio(item) - target))
+
+
+def nearest_uniform(options: Mapping[tuple[int, float], float], target: float,
+                    tie: float = 0.005) -> list[tuple[int, float]]:
+    """The uniform options (:func:`uniform_options`) whose FLOPs ratio is nearest ``target``: every one within
+    ``tie`` of the nearest, since options of one cost (fewer frames, or fewer channels) may differ in accuracy."""
+    best = abs(nearest(options.items(), target, ratio=lambda item: item[1])[1] - target)
+    return [option for option, ratio in options.items() if abs(ratio - target) <= best + tie]
 
 
 @torch.no_grad()
@@ -176,7 +184,7 @@ def static_alternatives(model: nn.Module, val_batches: Sequence[Mapping], train_
     """The static alternatives that run on the adaptive model's own weights, evaluated on ``val_batches``: the
     per-layer policy searched on ``train_batches`` (labelled clips) within ±0.03 of the model's mean FLOPs, each
     layer's most frequent decision over those clips, a random policy with their decision frequencies, and the
-    uniform option nearest the model's mean FLOPs (its cheap ops as the adaptive model trained them)."""
+    uniform options nearest the model's mean FLOPs (their cheap ops as the adaptive model trained them)."""
     from .export import most_frequent_policy, policy_labels
     from .predict import evaluate
 
@@ -196,8 +204,8 @@ def static_alternatives(model: nn.Module, val_batches: Sequence[Mapping], train_
     run("most frequent", " ".join(policy_labels(model, frequent).values()), frequent)
     run("random", "the gates' decision frequencies", decision_frequencies(model, train_clips))
     shape = next(iter(val_batches))["clip"].shape[1:]
-    option, _ = nearest(uniform_options(model, shape).items(), adaptive.flops_ratio, ratio=lambda item: item[1])
-    run("uniform", f"every layer {option[0]},{option[1]:g}", uniform_policy(model, option))
+    for option in nearest_uniform(uniform_options(model, shape), adaptive.flops_ratio):
+        run("uniform", f"every layer {option[0]},{option[1]:g}", uniform_policy(model, option))
     return results
 
 

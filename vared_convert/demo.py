@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from .data.synthetic import STATIC_CLASSES
 from .errors import OutputError
@@ -55,6 +56,7 @@ class DemoSettings:
     export_dynamic: bool = True
     granularity: str = "stage"  # vared convert --granularity: its two spatio-temporal blocks are one run, one gate
     time_aware: bool = True  # vared convert --time-aware: no gate where it cannot save time on this CPU
+    temporal: tuple[int, ...] = (1, 2, 4)  # vared convert --temporal: a still scene loses nothing on every 4th frame
     latency_threads: int = 1  # batch-1 latency on one CPU thread, as benchmarks/bench_speed.py measures
     latency_repeats: int = 30  # interleaved rounds of the latency measurement (median)
 
@@ -136,7 +138,6 @@ def run_demo(
     """
     from .alternatives import best_static, static_alternatives
     from .api import convert_checkpoint
-    from .baseline import demo_c3d
     from .checkpoint import load_model, save_torch_file
     from .data.dataset import VideoClipDataset, make_loader
     from .data.synthetic import write_synthetic_dataset
@@ -147,7 +148,7 @@ def run_demo(
     from .profile import profile_model
     from .timing import cpu_threads
     from .train.finetune import finetune
-    from .train.supervised import top1, train_classifier
+    from .train.supervised import top1
 
     started = time.time()
     out = Path(out)
@@ -171,20 +172,10 @@ def run_demo(
 
     on_step("2. Baseline", "training a small 3D CNN (appearance blocks, then spatio-temporal ones): it stands for "
                            "your pretrained model; saved as a plain state_dict")
-    train_set = VideoClipDataset.from_index(index, "train", clips_per_video=s.baseline_clips, seed=seed, **clip)
     val_set = VideoClipDataset.from_index(index, "val", train=False, seed=seed, **clip)
-    train_loader = make_loader(train_set, s.batch_size, 2, shuffle=True, drop_last=True, seed=seed)
     # decoded once, then reused by every measurement below (original, adaptive, full path, cheapest, profile)
     val_batches = [batch for batch in make_loader(val_set, 32, 2, seed=seed) if batch.get("clip") is not None]
-    baseline = demo_c3d(num_classes=len(classes), width=s.width)
-    steps = len(train_loader) * s.baseline_epochs
-    advance = progress("training the baseline", steps)
-
-    def epochs(epoch: int):
-        train_loader.set_epoch(epoch)
-        return train_loader
-
-    train_classifier(baseline, epochs, len(train_loader), s.baseline_epochs, lr=3e-3, on_step=lambda step, loss: advance(1))
+    baseline = train_baseline(index, s, seed=seed, progress=progress)
     original_top1 = top1(baseline, val_batches, torch.device("cpu"))
     baseline_path = out / "baseline.pth"
     save_torch_file(baseline.state_dict(), baseline_path, force=True)
@@ -196,7 +187,7 @@ def run_demo(
     converted_path = out / "baseline_vared.pth"
     shape = (3, s.frames, s.size, s.size)
     convert_checkpoint(baseline_path, converted_path, ARCH, num_classes=len(classes), input_shape=shape,
-                       class_names=classes, force=True, granularity=s.granularity, time_aware=s.time_aware)
+                       class_names=classes, force=True, **conversion_options(s))
 
     on_step("4. Finetune", f"learning the gates and cheap ops to a FLOPs target of {s.target_flops} (CE + "
                            "distillation from the full path + λ·(F − τ)²), the backbone frozen")
@@ -248,7 +239,7 @@ def run_demo(
     commands = [
         f"vared convert {baseline_path} --arch {ARCH} --num-classes {len(classes)} --input-shape "
         f"{','.join(map(str, shape))} --granularity {s.granularity}{' --time-aware' if s.time_aware else ''} "
-        f"--out {converted_path}",
+        f"--temporal {','.join(map(str, s.temporal))} --out {converted_path}",
         f"vared finetune {converted_path} --data {data} --target-flops {s.target_flops} --epochs {s.finetune_epochs} "
         f"--warmup-epochs {s.warmup_epochs} --frames {s.frames} --stride {s.stride} --size {s.size} "
         f"--batch-size {s.batch_size} --train-clips {s.finetune_clips} --lr {s.lr} --flops-weight {s.flops_weight} "
@@ -274,6 +265,35 @@ def run_demo(
 
         write_json(json_out, result.to_dict(), force=force)
     return result
+
+
+def train_baseline(index: Any, settings: DemoSettings = FULL, *, seed: int = 0, workers: int = 2,
+                   progress: Progress = _no_progress) -> nn.Module:
+    """The demo's stand-in for a pretrained model: ``demo_c3d`` trained on the training split of ``index`` (a
+    :func:`~vared_convert.data.layouts.index_dataset` result) at the settings' clip size."""
+    from .baseline import demo_c3d
+    from .data.dataset import VideoClipDataset, make_loader
+    from .train.supervised import train_classifier
+
+    s = settings
+    torch.manual_seed(seed)
+    train_set = VideoClipDataset.from_index(index, "train", clips_per_video=s.baseline_clips, seed=seed,
+                                            frames=s.frames, stride=s.stride, size=s.size, normalization="kinetics")
+    loader = make_loader(train_set, s.batch_size, workers, shuffle=True, drop_last=True, seed=seed)
+    advance = progress("training the baseline", len(loader) * s.baseline_epochs)
+
+    def epochs(epoch: int):
+        loader.set_epoch(epoch)
+        return loader
+
+    model = demo_c3d(num_classes=len(index.classes), width=s.width)
+    return train_classifier(model, epochs, len(loader), s.baseline_epochs, lr=3e-3,
+                            on_step=lambda step, loss: advance(1))
+
+
+def conversion_options(settings: DemoSettings = FULL) -> dict[str, Any]:
+    """How the demo converts its baseline: :func:`~vared_convert.api.convert_checkpoint`'s keyword arguments."""
+    return dict(granularity=settings.granularity, time_aware=settings.time_aware, temporal=settings.temporal)
 
 
 def _prepare_folder(out: Path, force: bool) -> None:
