@@ -29,12 +29,9 @@ import torch
 def build_demo_model(out: Path, quick: bool, seed: int = 0) -> tuple[Path, Path]:
     """The demo's steps 1-3 (data, baseline, convert) with its settings: ``(dataset root, converted model)``."""
     from vared_convert.api import convert_checkpoint
-    from vared_convert.baseline import demo_c3d
     from vared_convert.checkpoint import save_torch_file
-    from vared_convert.data.dataset import VideoClipDataset, make_loader
     from vared_convert.data.synthetic import write_synthetic_dataset
-    from vared_convert.demo import ARCH, FULL, QUICK
-    from vared_convert.train.supervised import train_classifier
+    from vared_convert.demo import ARCH, FULL, QUICK, conversion_options, train_baseline
 
     s = QUICK if quick else FULL
     torch.manual_seed(seed)
@@ -42,20 +39,11 @@ def build_demo_model(out: Path, quick: bool, seed: int = 0) -> tuple[Path, Path]
     if converted.exists():
         return data, converted
     index = write_synthetic_dataset(data, train_per_class=s.train_per_class, val_per_class=s.val_per_class, seed=seed)
-    clip = dict(frames=s.frames, stride=s.stride, size=s.size, normalization="kinetics")
-    train_set = VideoClipDataset.from_index(index, "train", clips_per_video=s.baseline_clips, seed=seed, **clip)
-    loader = make_loader(train_set, s.batch_size, 2, shuffle=True, drop_last=True, seed=seed)
-    baseline = demo_c3d(num_classes=len(index.classes), width=s.width)
-
-    def epochs(epoch: int):
-        loader.set_epoch(epoch)
-        return loader
-
-    train_classifier(baseline, epochs, len(loader), s.baseline_epochs, lr=3e-3)
+    baseline = train_baseline(index, s, seed=seed)
     save_torch_file(baseline.state_dict(), out / "baseline.pth", force=True)
     convert_checkpoint(out / "baseline.pth", converted, ARCH, num_classes=len(index.classes),
                        input_shape=(3, s.frames, s.size, s.size), class_names=index.classes, force=True,
-                       granularity=s.granularity, time_aware=s.time_aware)
+                       **conversion_options(s))
     return data, converted
 
 

@@ -300,7 +300,9 @@ def verdict(rows: list[Row], tolerance: float = 0.03) -> list[str]:
         adaptive = next(r for r in rows if r.target == target and r.method == "adaptive")
         others = [r for r in rows if r.method not in ("adaptive", "original")
                   and abs(r.flops_ratio - adaptive.flops_ratio) <= tolerance]
-        others = list({(r.method, r.detail): r for r in others}.values())
+        # rows of any target count (a static alternative is one whatever target it was run for); a row repeated
+        # under several targets (the same finetuned model) counts once
+        others = list({(r.method, r.detail, r.flops_ratio, r.clip_top1): r for r in others}.values())
         line = (f"target {target}: adaptive {adaptive.clip_top1:.1f} at FLOPs {adaptive.flops_ratio:.3f} "
                 f"(original {original.clip_top1:.1f})")
         if others:
