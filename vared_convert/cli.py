@@ -614,7 +614,7 @@ def data_check(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the dataset, models, plots and ONNX files.")] = Path("vared-demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="A smaller run that shows the flow (about 4 minutes on 2 cores; the full one takes about 8).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A smaller run that shows the flow (about 4 minutes on 2 cores; the full one takes about 8-9).")] = False,
     force: Annotated[bool, typer.Option(help="Replace an earlier demo run in --out (only the files it wrote), and an "
                                         "existing --json file.")] = False,
     as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON to this file.")] = None,
