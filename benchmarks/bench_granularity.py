@@ -92,7 +92,7 @@ def baseline(out: Path, quick: bool, seed: int = 0) -> tuple[Path, float]:
     if path.exists() and info.exists():
         return path, json.loads(info.read_text())["top1"]
     torch.manual_seed(seed)
-    train_set = VideoClipDataset.from_index(index, "train", clips_per_video=6, seed=seed, **CLIP)
+    train_set = VideoClipDataset.from_index(index, "train", clips_per_video=2 if quick else 6, seed=seed, **CLIP)
     val_set = VideoClipDataset.from_index(index, "val", train=False, seed=seed, **CLIP)
     loader = make_loader(train_set, 16, 2, shuffle=True, drop_last=True, seed=seed)
     val = [b for b in make_loader(val_set, 32, 2, seed=seed) if b.get("clip") is not None]
@@ -120,7 +120,7 @@ def run(out: Path, base: Path, granularity: str, target: float, quick: bool, see
                        force=True)
     result = finetune(converted, dict(
         data=str(out / "data"), target_flops=target, epochs=2 if quick else 16, warmup_epochs=1 if quick else 2,
-        batch_size=16, frames=8, stride=2, size=56, train_clips=4, lr=3e-3, flops_weight=100.0, tau_end=0.1,
+        batch_size=16, frames=8, stride=2, size=56, train_clips=1 if quick else 4, lr=3e-3, flops_weight=100.0, tau_end=0.1,
         relaxation="hard", seed=seed, device="cpu", run_dir=str(out / f"run_{granularity}_{target:g}"),
         out=str(out / f"{granularity}_{target:g}.pth"), log_every=1000,
     ), arch=ARCH, force=True)
