@@ -120,8 +120,8 @@ def run(out: Path, base: Path, granularity: str, target: float, quick: bool, see
                        force=True)
     result = finetune(converted, dict(
         data=str(out / "data"), target_flops=target, epochs=2 if quick else 16, warmup_epochs=1 if quick else 2,
-        batch_size=16, frames=8, stride=2, size=56, train_clips=1 if quick else 4, lr=3e-3, flops_weight=100.0, tau_end=0.1,
-        relaxation="hard", seed=seed, device="cpu", run_dir=str(out / f"run_{granularity}_{target:g}"),
+        batch_size=16, frames=8, stride=2, size=56, train_clips=1 if quick else 4, lr=3e-3, flops_weight=100.0,
+        tau_end=0.1, relaxation="hard", seed=seed, device="cpu", run_dir=str(out / f"run_{granularity}_{target:g}"),
         out=str(out / f"{granularity}_{target:g}.pth"), log_every=1000,
     ), arch=ARCH, force=True)
     final = result.final or result.last

@@ -90,8 +90,7 @@ def main() -> None:
           "original's time", flush=True)
 
     index = index_dataset(str(data), "auto")
-    clip = dict(frames=s.frames, stride=s.stride, size=s.size, normalization="kinetics")
-    val_set = VideoClipDataset.from_index(index, "val", train=False, seed=0, **clip)
+    val_set = VideoClipDataset.from_index(index, "val", train=False, seed=0, **s.clip)
     val_batches = [b for b in make_loader(val_set, 32, 2, seed=0) if b.get("clip") is not None]
 
     rows = []

@@ -27,7 +27,8 @@ from .nn import adaptive_layers, option_index, recording
 from .recipe import model_info
 
 __all__ = ["InputSize", "StaticResult", "best_static", "decision_frequencies", "full_policy", "input_sizes",
-           "nearest", "nearest_uniform", "original_macs", "searched_policy", "static_alternatives", "uniform_options", "uniform_policy"]
+           "nearest", "nearest_uniform", "original_macs", "searched_policy", "static_alternatives", "uniform_options",
+           "uniform_policy"]
 
 
 def original_macs(model: nn.Module, clip_shape: Sequence[int]) -> int:

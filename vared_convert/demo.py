@@ -24,7 +24,8 @@ from .data.synthetic import STATIC_CLASSES
 from .errors import OutputError
 from .files import check_output_path
 
-__all__ = ["DemoSettings", "DemoResult", "run_demo", "QUICK", "FULL", "STATIC_CLASSES"]
+__all__ = ["DemoSettings", "DemoResult", "run_demo", "train_baseline", "conversion_options", "QUICK", "FULL",
+           "STATIC_CLASSES"]
 
 ARCH = "vared:demo_c3d"
 MARKER = ".vared-demo"  # written into every demo folder: only such a folder's files are replaced by --force
@@ -59,6 +60,11 @@ class DemoSettings:
     temporal: tuple[int, ...] = (1, 2, 4)  # vared convert --temporal: a still scene loses nothing on every 4th frame
     latency_threads: int = 1  # batch-1 latency on one CPU thread, as benchmarks/bench_speed.py measures
     latency_repeats: int = 30  # interleaved rounds of the latency measurement (median)
+
+    @property
+    def clip(self) -> dict[str, Any]:
+        """The clips every step reads: :meth:`VideoClipDataset.from_index`'s size arguments."""
+        return dict(frames=self.frames, stride=self.stride, size=self.size, normalization="kinetics")
 
 
 FULL = DemoSettings(train_per_class=24, val_per_class=24, baseline_epochs=12, baseline_clips=6, finetune_epochs=16,
@@ -159,7 +165,7 @@ def run_demo(
     _prepare_folder(out, force)
     torch.manual_seed(seed)
     s = settings
-    clip = dict(frames=s.frames, stride=s.stride, size=s.size, normalization="kinetics")
+    clip = s.clip
     data = out / "data"
 
     on_step("1. Data", f"writing a synthetic action dataset to {data}: 4 classes told apart by appearance alone "
@@ -277,8 +283,7 @@ def train_baseline(index: Any, settings: DemoSettings = FULL, *, seed: int = 0, 
 
     s = settings
     torch.manual_seed(seed)
-    train_set = VideoClipDataset.from_index(index, "train", clips_per_video=s.baseline_clips, seed=seed,
-                                            frames=s.frames, stride=s.stride, size=s.size, normalization="kinetics")
+    train_set = VideoClipDataset.from_index(index, "train", clips_per_video=s.baseline_clips, seed=seed, **s.clip)
     loader = make_loader(train_set, s.batch_size, workers, shuffle=True, drop_last=True, seed=seed)
     advance = progress("training the baseline", len(loader) * s.baseline_epochs)
 
